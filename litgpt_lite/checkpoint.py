@@ -1,0 +1,280 @@
+"""The checkpoint directory, the unit every command reads and writes.
+
+    lit_model.safetensors   weights (LitGPT's lit_model.pth also loads, with torch.load(weights_only=True))
+    model_config.yaml       the Config
+    tokenizer.json / tokenizer.model, tokenizer_config.json, generation_config.json
+    prompt_style.yaml       a registry name, never a class path
+    hyperparameters.yaml    what produced it (training runs)
+
+Loading never unpickles arbitrary objects; writing goes to a temporary directory that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from litgpt_lite.config import Config
+from litgpt_lite.errors import UserError
+
+WEIGHTS = "lit_model.safetensors"
+LEGACY_WEIGHTS = "lit_model.pth"
+CONFIG = "model_config.yaml"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def validate_checkpoint_dir(path: str | Path, need_weights: bool = True) -> Path:
+    """The directory as a Path, or a UserError naming the first missing piece and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"Checkpoint dir {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"{path} is not a directory: pass a checkpoint directory")
+    if not (path / CONFIG).is_file():
+        hint = " It looks like a Hugging Face folder:" if (path / "config.json").is_file() else ""
+        raise UserError(
+            f"Checkpoint dir {path} has no {CONFIG}.{hint} run `litgpt_lite convert_to_litgpt {path}` first"
+        )
+    if need_weights and not (path / WEIGHTS).is_file() and not (path / LEGACY_WEIGHTS).is_file():
+        raise UserError(f"Checkpoint dir {path} has no {WEIGHTS}")
+    return path
+
+
+def load_config(checkpoint_dir: str | Path) -> Config:
+    return Config.from_file(Path(checkpoint_dir) / CONFIG)
+
+
+def load_state_dict(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Weights of a checkpoint directory (safetensors, or LitGPT's .pth without unpickling code)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    path = checkpoint_dir / WEIGHTS
+    if path.is_file():
+        return read_safetensors(path, device)
+    legacy = checkpoint_dir / LEGACY_WEIGHTS
+    try:
+        state = torch.load(legacy, map_location=device, weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt or unsafe file
+        raise UserError(f"Cannot read {legacy}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    state = state.get("model", state)
+    return {k.replace(".attn.attn.", ".attn.qkv."): v for k, v in state.items()}
+
+
+def iter_checkpoint_tensors(checkpoint_dir: str | Path) -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
+    """(name, loader) pairs that read one tensor at a time, so a whole model never sits in memory twice."""
+    path = Path(checkpoint_dir) / WEIGHTS
+    if not path.is_file():
+        state = load_state_dict(checkpoint_dir)
+        for name, tensor in state.items():
+            yield name, (lambda t=tensor: t)
+        return
+    from safetensors import safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt")
+        names = list(handle.keys())
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
+        raise UserError(f"{path} is corrupt or truncated ({str(e).splitlines()[0]}): re-create it") from None
+    for name in names:
+        yield name, (lambda n=name: handle.get_tensor(n))
+
+
+def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise UserError(f"{path} is corrupt or truncated ({str(e).splitlines()[0]}): re-create it") from None
+
+
+def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """Build the GPT of a checkpoint directory and load its weights (shapes checked against the config)."""
+    from litgpt_lite.model import GPT
+
+    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
+    config = load_config(checkpoint_dir)
+    with torch.device("meta"):
+        model = GPT(config)
+    state = load_state_dict(checkpoint_dir)
+    check_state_dict(model, state, source=str(checkpoint_dir))
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight
+    model.rope = type(model.rope)(config)  # buffers were on meta
+    return model.to(device).eval()
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """UserError for a missing tensor, an unexpected one or a shape that does not match the config."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise UserError(f"{source} lacks {len(missing)} weight(s), first {missing[0]}: is it the right model?")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise UserError(f"{source} has weight(s) the config does not know, first {unexpected[0]}")
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != tuple(shape):
+            raise UserError(
+                f"{source}: {name} has shape {tuple(state[name].shape)} but the config needs {tuple(shape)}"
+            )
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+@contextmanager
+def atomic_dir(out_dir: str | Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces `out_dir` in one rename."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            if not replace:
+                raise UserError(f"{out_dir} already exists")
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_file(path: Path, write) -> None:
+    """Call `write(tmp_path)` then rename over `path`, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ---------------------------------------------------------------- streaming safetensors
+_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+class SafetensorsWriter:
+    """Writes a .safetensors file one tensor at a time, so converting never holds the whole model in memory.
+
+    Tensor bytes go to a side file as they arrive; `close()` writes the header and appends the bytes.
+    """
+
+    def __init__(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self.metadata = metadata or {"format": "pt"}
+        self._data_path = self.path.with_name(self.path.name + ".data")
+        self._data = open(self._data_path, "wb")
+        self._header: dict[str, dict] = {}
+        self.nbytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self._header:
+            raise ValueError(f"duplicate tensor {name}")
+        t = tensor.detach().contiguous().cpu()
+        raw = t.reshape(-1).view(torch.uint8).numpy()  # a view: no copy of the tensor's bytes
+        self._header[name] = {
+            "dtype": _DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [self.nbytes, self.nbytes + raw.nbytes],
+        }
+        self._data.write(raw.data)
+        self.nbytes += raw.nbytes
+
+    def close(self) -> None:
+        self._data.close()
+        header = dict(self._header)
+        header["__metadata__"] = self.metadata
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        with open(self.path, "wb") as out, open(self._data_path, "rb") as data:
+            out.write(struct.pack("<Q", len(blob)))
+            out.write(blob)
+            shutil.copyfileobj(data, out, 1 << 24)
+        self._data_path.unlink()
+
+    def abort(self) -> None:
+        self._data.close()
+        self._data_path.unlink(missing_ok=True)
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
+    writer = SafetensorsWriter(path)
+    try:
+        for name, tensor in state.items():
+            writer.add(name, tensor)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+def save_checkpoint(
+    model_or_state,
+    config: Config,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    prompt_style: str | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write a full checkpoint directory atomically."""
+    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
+    if config.tie_embeddings:
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    with atomic_dir(out_dir) as tmp:
+        save_state_dict(state, tmp / WEIGHTS)
+        config.save(tmp / CONFIG)
+        if tokenizer_dir is not None:
+            copy_tokenizer_files(Path(tokenizer_dir), tmp)
+            if prompt_style is None and (Path(tokenizer_dir) / "prompt_style.yaml").is_file():
+                shutil.copy2(Path(tokenizer_dir) / "prompt_style.yaml", tmp / "prompt_style.yaml")
+        if prompt_style is not None:
+            (tmp / "prompt_style.yaml").write_text(f"name: {prompt_style}\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return Path(out_dir)

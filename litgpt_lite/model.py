@@ -1,0 +1,487 @@
+"""The one decoder-only GPT. Read it top to bottom: GPT, Block, attention, MLPs, norms, RoPE, KV cache.
+
+Every family (Llama, Gemma, Phi, Falcon, ...) is this same code with different `Config` switches.
+Shapes: B batch, T new tokens, S cached tokens, C n_embd, H heads, G key/value groups, D head size.
+
+Positions and the KV cache. A batch of prompts of different lengths is left-padded, so each row has its own
+`pad_lens[b]`: the cache slot (time) `t` of row b holds position `t - pad_lens[b]`. A key at time `tk` is visible
+to a query at time `tq` when `pad_lens[b] <= tk <= tq` (and `tq - tk < window` in sliding layers). Packed training
+rows instead pass `segment_ids`: a token sees only earlier tokens of its own segment, and positions restart.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from litgpt_lite.config import Config
+
+
+class GPT(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+                ln_f=make_norm(config, config.n_embd),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=config.lm_head_bias)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.rope = RoPE(config)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        input_pos: int | None = None,
+        pad_lens: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, padded_vocab) for token ids `idx` (B, T).
+
+        Args:
+            idx: token ids.
+            input_pos: with a KV cache (`set_kv_cache`), the cache time of `idx[:, 0]`; None means no cache.
+            pad_lens: (B,) number of left-padding slots per row (cache mode).
+            segment_ids: (B, T) packed-sample ids; attention stays within a segment.
+            positions: (B, T) RoPE positions; derived from the other arguments when None.
+            return_hidden: return the final hidden states (B, T, C) instead of logits (chunked losses use it).
+        """
+        B, T = idx.shape
+        times = self._times(T, input_pos, idx.device)  # (T,) cache times of the new tokens
+        if positions is None:
+            positions = self._positions(B, times, pad_lens, segment_ids)
+        cos_sin = self.rope(positions, idx.device)
+        mask = MaskSpec(times=times, pad_lens=pad_lens, segment_ids=segment_ids, cached=input_pos is not None)
+
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if self.config.scale_embeddings:
+            x = x * torch.tensor(self.config.n_embd**0.5, dtype=x.dtype)
+        for block in self.transformer.h:
+            x = block(x, cos_sin, mask)
+        x = self.transformer.ln_f(x)
+        if return_hidden:
+            return x
+        return self.logits(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """lm_head (plus final softcapping) over hidden states."""
+        logits = self.lm_head(x)
+        if self.config.final_logit_softcapping is not None:
+            cap = self.config.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    @staticmethod
+    def _times(T: int, input_pos: int | None, device: torch.device) -> torch.Tensor:
+        start = input_pos or 0
+        return torch.arange(start, start + T, device=device)
+
+    @staticmethod
+    def _positions(B: int, times: torch.Tensor, pad_lens, segment_ids) -> torch.Tensor:
+        if segment_ids is not None:  # positions restart at every new segment
+            T = segment_ids.shape[1]
+            idx = torch.arange(T, device=segment_ids.device).expand_as(segment_ids)
+            starts = torch.ones_like(segment_ids, dtype=torch.bool)
+            starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+            seg_start = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=1).values
+            return idx - seg_start
+        positions = times.unsqueeze(0).expand(B, -1)
+        if pad_lens is not None:
+            positions = (positions - pad_lens.unsqueeze(1)).clamp(min=0)
+        return positions
+
+    # ---- KV cache
+    def set_kv_cache(self, batch_size: int, max_seq_length: int | None = None, dtype: torch.dtype | None = None):
+        """Allocate a static KV cache in every attention layer (ring buffers in sliding-window layers)."""
+        max_seq_length = max_seq_length or self.config.block_size
+        if max_seq_length > self.config.block_size:
+            raise ValueError(f"max_seq_length {max_seq_length} exceeds block_size {self.config.block_size}")
+        param = self.lm_head.weight
+        dtype = dtype or (param.dtype if param.is_floating_point() else torch.float32)
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(
+                self.config, block.attn.layer, batch_size, max_seq_length, param.device, dtype
+            )
+
+    def clear_kv_cache(self) -> None:
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
+    @property
+    def max_seq_length(self) -> int:
+        cache = self.transformer.h[0].attn.kv_cache
+        return cache.max_seq_length if cache is not None else self.config.block_size
+
+
+class Block(nn.Module):
+    """One transformer layer: attention and MLP, with pre- or post-norms, sequential or parallel residual."""
+
+    def __init__(self, config: Config, layer: int) -> None:
+        super().__init__()
+        self.config = config
+        self.norm_1 = make_norm(config, config.n_embd) if config.pre_norm else nn.Identity()
+        self.attn = CausalSelfAttention(config, layer)
+        self.post_attention_norm = make_norm(config, config.n_embd) if config.post_attention_norm else nn.Identity()
+        needs_norm_2 = config.pre_norm and not config.shared_attention_norm
+        self.norm_2 = make_norm(config, config.n_embd) if needs_norm_2 else nn.Identity()
+        self.mlp = make_mlp(config)
+        self.post_mlp_norm = make_norm(config, config.n_embd) if config.post_mlp_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cos_sin, mask: MaskSpec) -> torch.Tensor:
+        x_normed = self.norm_1(x)
+        attn_out = self.post_attention_norm(self.attn(x_normed, cos_sin, mask))
+        if self.config.parallel_residual:
+            mlp_in = x_normed if self.config.shared_attention_norm else self.norm_2(x)
+            return x + attn_out + self.post_mlp_norm(self.mlp(mlp_in))
+        x = x + attn_out
+        return x + self.post_mlp_norm(self.mlp(self.norm_2(x)))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: Config, layer: int) -> None:
+        super().__init__()
+        self.config, self.layer = config, layer
+        D, H, G = config.head_size, config.n_head, config.n_query_groups
+        self.qkv = nn.Linear(config.n_embd, (H + 2 * G) * D, bias=config.attn_bias)  # fused [Q; K; V]
+        self.proj = nn.Linear(H * D, config.n_embd, bias=config.attn_proj_bias)
+        if config.norm_qk:
+            qk_dims = (D, D) if config.norm_qk_type == "head" else (H * D, G * D)
+            self.norm_q = make_norm(config, qk_dims[0])
+            self.norm_k = make_norm(config, qk_dims[1])
+        self.window = config.sliding_window_size if config.is_sliding(layer) else None
+        self.local_rope = config.is_sliding(layer) and config.rope_local_base is not None
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos_sin, mask: MaskSpec) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self._project(x)  # (B, H, T, D), (B, G, T, D), (B, G, T, D)
+        cos, sin = cos_sin["local" if self.local_rope else "global"]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        key_times = mask.times
+        if self.kv_cache is not None and mask.cached:
+            k, v, key_times = self.kv_cache.update(mask.times, k, v)
+        y = self._attend(q, k, v, mask.build(key_times, self.window, x.device))  # (B, H, T, D)
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def _project(self, x: torch.Tensor):
+        B, T, _ = x.shape
+        D, H, G = self.config.head_size, self.config.n_head, self.config.n_query_groups
+        qkv = self.qkv(x)
+        if self.config.clip_qkv is not None:
+            qkv = qkv.clamp(-self.config.clip_qkv, self.config.clip_qkv)
+        q, k, v = qkv.split((H * D, G * D, G * D), dim=-1)
+        if self.config.norm_qk and self.config.norm_qk_type == "all":
+            q, k = self.norm_q(q), self.norm_k(k)
+        q, k, v = (t.view(B, T, -1, D).transpose(1, 2) for t in (q, k, v))
+        if self.config.norm_qk and self.config.norm_qk_type == "head":
+            q, k = self.norm_q(q), self.norm_k(k)
+        return q, k, v
+
+    def _attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+        scale = 1.0 / math.sqrt(self.config.attention_scores_scalar or self.config.head_size)
+        H, G = q.shape[1], k.shape[1]
+        if G != H:  # grouped-query attention: each key/value head serves H // G query heads
+            k = k.repeat_interleave(H // G, dim=1)
+            v = v.repeat_interleave(H // G, dim=1)
+        cap = self.config.attention_logit_softcapping
+        if cap is None:
+            causal = mask is None and q.shape[2] > 1
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+        scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+        scores = torch.tanh(scores / cap) * cap
+        if mask is None:
+            T, S = scores.shape[-2:]
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+
+
+class MaskSpec:
+    """What decides which keys a query may see; `build` turns it into a boolean mask (or None for plain causal)."""
+
+    def __init__(self, times: torch.Tensor, pad_lens, segment_ids, cached: bool) -> None:
+        self.times, self.pad_lens, self.segment_ids, self.cached = times, pad_lens, segment_ids, cached
+        self._memo: dict[Any, torch.Tensor | None] = {}
+
+    def build(self, key_times: torch.Tensor, window: int | None, device) -> torch.Tensor | None:
+        memo_key = (key_times.data_ptr(), key_times.shape[0], window)
+        if memo_key not in self._memo:
+            self._memo[memo_key] = self._build(key_times, window, device)
+        return self._memo[memo_key]
+
+    def _build(self, key_times: torch.Tensor, window: int | None, device) -> torch.Tensor | None:
+        tq = self.times.view(-1, 1)  # (T, 1)
+        tk = key_times.view(1, -1)  # (1, S)
+        plain = self.pad_lens is None and self.segment_ids is None and window is None
+        if plain and not self.cached:
+            return None  # SDPA's own causal path
+        if plain and tq.shape[0] == 1 and bool((tk >= 0).all()):
+            return None  # one new token sees every cached key
+        allowed = (tk <= tq) & (tk >= 0)  # (T, S); empty ring slots carry time -1
+        if window is not None:
+            allowed = allowed & (tq - tk < window)
+        allowed = allowed.unsqueeze(0)  # (1, T, S)
+        if self.pad_lens is not None:
+            allowed = allowed & (tk.unsqueeze(0) >= self.pad_lens.view(-1, 1, 1))
+            allowed = allowed | (tq == tk).unsqueeze(0)  # padding queries see themselves: no all-masked rows
+        if self.segment_ids is not None:
+            seg = self.segment_ids
+            allowed = allowed & (seg.unsqueeze(2) == seg.unsqueeze(1))
+        return allowed.unsqueeze(1)  # (B or 1, 1, T, S)
+
+
+class KVCache(nn.Module):
+    """Static key/value buffers. Sliding-window layers keep a ring of `window` slots, tagged with their times."""
+
+    def __init__(self, config: Config, layer: int, batch_size: int, max_seq_length: int, device, dtype) -> None:
+        super().__init__()
+        self.max_seq_length = max_seq_length
+        window = config.sliding_window_size if config.is_sliding(layer) else None
+        self.ring = window is not None and window < max_seq_length
+        slots = window if self.ring else max_seq_length
+        shape = (batch_size, config.n_query_groups, slots, config.head_size)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("slot_times", torch.full((slots,), -1, device=device, dtype=torch.long), persistent=False)
+
+    def update(self, times: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store the new keys/values at `times`; return the keys, values and times to attend over."""
+        B = k.shape[0]
+        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        if not self.ring:
+            end = int(times[-1]) + 1
+            self.k[:B, :, times] = k
+            self.v[:B, :, times] = v
+            self.slot_times[times] = times
+            return self.k[:B, :, :end], self.v[:B, :, :end], self.slot_times[:end]
+        # ring: attend over the old ring plus the new chunk, then keep the newest `slots` entries
+        all_k = torch.cat((self.k[:B], k), dim=2)
+        all_v = torch.cat((self.v[:B], v), dim=2)
+        all_t = torch.cat((self.slot_times, times))
+        slots = self.slot_times.shape[0]
+        keep = times[-slots:]
+        self.k[:B, :, keep % slots] = k[:, :, -slots:]
+        self.v[:B, :, keep % slots] = v[:, :, -slots:]
+        self.slot_times[keep % slots] = keep
+        return all_k, all_v, all_t
+
+
+# ---------------------------------------------------------------- MLPs
+class GptNeoxMLP(nn.Module):
+    """fc -> GELU -> proj (GPT-NeoX, Phi-2, Falcon)."""
+
+    def __init__(self, config: Config, intermediate_size: int | None = None) -> None:
+        super().__init__()
+        size = intermediate_size or config.intermediate_size
+        self.fc = nn.Linear(config.n_embd, size, bias=config.mlp_bias)
+        self.proj = nn.Linear(size, config.n_embd, bias=config.mlp_bias)
+        self.approximate = config.gelu_approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
+
+
+class LLaMAMLP(nn.Module):
+    """SwiGLU: proj(silu(fc_1(x)) * fc_2(x))."""
+
+    def __init__(self, config: Config, intermediate_size: int | None = None) -> None:
+        super().__init__()
+        size = intermediate_size or config.intermediate_size
+        self.fc_1 = nn.Linear(config.n_embd, size, bias=config.mlp_bias)  # gate
+        self.fc_2 = nn.Linear(config.n_embd, size, bias=config.mlp_bias)  # up
+        self.proj = nn.Linear(size, config.n_embd, bias=config.mlp_bias)  # down
+        self.config = config
+
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.act(self.fc_1(x)) * self.fc_2(x))
+
+
+class GemmaMLP(LLaMAMLP):
+    """GeGLU: like SwiGLU with GELU as the gate."""
+
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate=self.config.gelu_approximate)
+
+
+class LLaMAMoE(nn.Module):
+    """Mixture of SwiGLU experts with a top-k softmax router."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.gate = nn.Linear(config.n_embd, config.n_expert, bias=False)
+        self.experts = nn.ModuleList(LLaMAMLP(config, config.expert_intermediate_size) for _ in range(config.n_expert))
+        self.config = config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        x = x.reshape(-1, C)  # (N, C)
+        probs = torch.softmax(self.gate(x), dim=-1, dtype=torch.float)  # (N, E)
+        weights, chosen = probs.topk(self.config.n_expert_per_token, dim=-1)  # (N, k)
+        if self.config.moe_norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = weights.to(x.dtype)
+        y = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.where(chosen == e)
+            if token.numel():
+                y.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
+        return y.view(B, T, C)
+
+
+def make_mlp(config: Config) -> nn.Module:
+    return {"GptNeoxMLP": GptNeoxMLP, "LLaMAMLP": LLaMAMLP, "GemmaMLP": GemmaMLP, "LLaMAMoE": LLaMAMoE}[
+        config.mlp_class
+    ](config)
+
+
+# ---------------------------------------------------------------- norms
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in float32; Gemma scales by (1 + weight)."""
+
+    def __init__(self, size: int, eps: float = 1e-6, unit_offset: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(size) if unit_offset else torch.ones(size))
+        self.eps, self.unit_offset = eps, unit_offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        weight = (1 + self.weight.float()) if self.unit_offset else self.weight.float()
+        if self.unit_offset:  # Gemma multiplies in float32, Llama in the input dtype
+            return (x * weight).to(dtype)
+        return weight.to(dtype) * x.to(dtype)
+
+
+def make_norm(config: Config, size: int) -> nn.Module:
+    if config.norm_class == "RMSNorm":
+        return RMSNorm(size, eps=config.norm_eps, unit_offset=config.norm_unit_offset)
+    return nn.LayerNorm(size, eps=config.norm_eps, elementwise_affine=config.norm_affine, bias=config.norm_affine)
+
+
+# ---------------------------------------------------------------- rotary position embedding
+class RoPE(nn.Module):
+    """cos/sin for given positions, computed on the fly in float32 (as transformers does)."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.rope_n_elem
+        inv_freq, self.attention_scaling = rope_inv_freq(dim, config.rope_base, config.rope_scaling, config.block_size)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.long_inv_freq = None
+        if config.rope_scaling and config.rope_scaling.get("type") == "longrope":
+            long, _ = rope_inv_freq(dim, config.rope_base, config.rope_scaling, config.block_size, long=True)
+            self.register_buffer("long_inv_freq", long, persistent=False)
+        local_base = config.rope_local_base
+        self.register_buffer(
+            "local_inv_freq", rope_inv_freq(dim, local_base, None, 0)[0] if local_base else None, persistent=False
+        )
+
+    def forward(self, positions: torch.Tensor, device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        inv_freq = self.inv_freq
+        if self.long_inv_freq is not None:
+            original = self.config.rope_scaling["original_max_position_embeddings"]
+            if int(positions.max()) + 1 > original:
+                inv_freq = self.long_inv_freq
+        out = {"global": _cos_sin(positions, inv_freq, self.attention_scaling)}
+        out["local"] = (
+            _cos_sin(positions, self.local_inv_freq, 1.0) if self.local_inv_freq is not None else out["global"]
+        )
+        return out
+
+
+def _cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scaling: float):
+    freqs = positions.unsqueeze(-1).float() * inv_freq.float().to(positions.device)  # (B, T, dim/2)
+    emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # (B, 1, T, dim)
+    return emb.cos() * scaling, emb.sin() * scaling
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first `cos.shape[-1]` dims of x (B, H, T, D) by the positions' angles (half-split layout)."""
+    n = cos.shape[-1]
+    if n == 0:
+        return x
+    rot, rest = x[..., :n], x[..., n:]
+    half1, half2 = rot[..., : n // 2], rot[..., n // 2 :]
+    rotated = torch.cat((-half2, half1), dim=-1)
+    out = rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+
+
+def rope_inv_freq(dim: int, base: float, scaling: dict | None, block_size: int, long: bool = False):
+    """Inverse frequencies (dim/2,) and the attention scaling factor for a RoPE variant."""
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv_freq = 1.0 / (base**exponents)
+    if not scaling:
+        return inv_freq, 1.0
+    kind = scaling["type"]
+    if kind == "linear":
+        return inv_freq / scaling["factor"], 1.0
+    if kind == "llama3":
+        return _llama3_inv_freq(inv_freq, scaling), 1.0
+    if kind == "yarn":
+        return _yarn_inv_freq(dim, base, scaling, block_size)
+    if kind == "longrope":
+        original = scaling["original_max_position_embeddings"]
+        factors = torch.tensor(scaling["long_factor" if long else "short_factor"], dtype=torch.float32)
+        factor = block_size / original
+        attn = scaling.get("attention_factor")
+        if attn is None:
+            attn = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        return 1.0 / (factors * base**exponents), attn
+    raise ValueError(f"unknown rope scaling type {kind!r}")
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_len = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def _yarn_inv_freq(dim: int, base: float, s: dict, block_size: int):
+    factor = s["factor"]
+    original = s.get("original_max_position_embeddings") or block_size
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 0.1 * m * math.log(scale) + 1.0 if scale > 1 else 1.0
+
+    attn = s.get("attention_factor")
+    if attn is None:
+        if s.get("mscale") and s.get("mscale_all_dim"):
+            attn = mscale(factor, s["mscale"]) / mscale(factor, s["mscale_all_dim"])
+        else:
+            attn = mscale(factor)
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(s.get("beta_fast") or 32), correction_dim(s.get("beta_slow") or 1)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
+    extrapolation = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, attn
