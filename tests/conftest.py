@@ -37,9 +37,9 @@ def smollm2_lit(smollm2_hf, tmp_path_factory) -> Path:
         tmp = tmp_path_factory.mktemp("smollm2_lit")
         convert_to_litgpt(smollm2_hf, out_dir=tmp)
         out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            import shutil
+        import shutil
 
+        if out.exists():
             shutil.rmtree(out)
-        tmp.rename(out)
+        shutil.move(str(tmp), str(out))
     return out
