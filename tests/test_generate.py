@@ -1,0 +1,156 @@
+"""KV cache and the generation core."""
+
+import pytest
+import torch
+
+from litgpt_lite.config import Config
+from litgpt_lite.errors import UserError
+from litgpt_lite.generate import SamplingParams, _find_stop, _held_back, greedy_tokens, stream_generate
+from litgpt_lite.model import GPT
+
+VARIANTS = {
+    "llama_gqa": dict(mlp_class="LLaMAMLP", norm_class="RMSNorm", n_query_groups=2, intermediate_size=48),
+    "sliding_ring": dict(
+        mlp_class="LLaMAMLP",
+        norm_class="RMSNorm",
+        n_query_groups=2,
+        intermediate_size=48,
+        sliding_window_size=4,
+        sliding_window_layers=[0],
+    ),
+    "gemma2_softcap": dict(
+        mlp_class="GemmaMLP",
+        norm_class="RMSNorm",
+        norm_unit_offset=True,
+        intermediate_size=48,
+        post_attention_norm=True,
+        post_mlp_norm=True,
+        attention_logit_softcapping=20.0,
+        final_logit_softcapping=15.0,
+        sliding_window_size=3,
+        sliding_window_layers=[1],
+        rope_local_base=100.0,
+        scale_embeddings=True,
+    ),
+    "neox_partial": dict(parallel_residual=True, rotary_percentage=0.5, attn_bias=True, mlp_bias=True),
+}
+
+
+def tiny(variant: str, block_size: int = 32) -> GPT:
+    torch.manual_seed(0)
+    config = Config(
+        block_size=block_size, vocab_size=50, padded_vocab_size=50, n_layer=2, n_head=4, n_embd=32, **VARIANTS[variant]
+    )
+    return GPT(config).eval()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_step_by_step_equals_full_forward(variant):
+    model = tiny(variant)
+    idx = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(idx)
+        model.set_kv_cache(2, 16)
+        prefill = model(idx[:, :5], input_pos=0)
+        steps = [model(idx[:, t : t + 1], input_pos=t) for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_left_padded_rows_equal_unpadded(variant):
+    """Rows at different positions (left padding) give the logits each row gets alone, past a sliding window."""
+    model = tiny(variant)
+    gen = torch.Generator().manual_seed(1)
+    long, short = torch.randint(0, 50, (10,), generator=gen), torch.randint(0, 50, (4,), generator=gen)
+    with torch.no_grad():
+        alone = model(short[None])
+        padded = torch.cat([torch.zeros(6, dtype=torch.long), short])[None]
+        batch = torch.stack([long, padded[0]])
+        model.set_kv_cache(2, 14)
+        pad_lens = torch.tensor([0, 6])
+        out = model(batch[:, :8], input_pos=0, pad_lens=pad_lens)
+        out = torch.cat([out] + [model(batch[:, t : t + 1], input_pos=t, pad_lens=pad_lens) for t in (8, 9)], 1)
+    torch.testing.assert_close(out[1, 6:], alone[0])
+    torch.testing.assert_close(out[0], model(long[None])[0])
+
+
+class CharTokenizer:
+    """Characters as tokens, for driving the core on a tiny model."""
+
+    stop_ids = {0}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(97 + (i % 26)) for i in ids if i != 0)
+
+    def decode_stream(self, skip_special_tokens=True):
+        tok = self
+
+        class Stream:
+            def step(self, i):
+                return tok.decode([i])
+
+            def flush(self):
+                return ""
+
+        return Stream()
+
+
+def test_batched_greedy_equals_one_at_a_time():
+    model = tiny("sliding_ring", block_size=64)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, 50, (n,), generator=gen).tolist() for n in (3, 9, 6)]
+    params = SamplingParams(max_new_tokens=12)
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    batched = [[] for _ in prompts]
+    for deltas in stream_generate(model, tok, prompts, params):
+        for d in deltas:
+            if d.token_id is not None:
+                batched[d.row].append(d.token_id)
+    for p, got in zip(prompts, batched):
+        assert got == greedy_tokens(model, p, 12)
+        assert len(got) == 12
+
+
+def test_stop_strings_across_token_boundaries():
+    assert _find_stop("hello wor", ["lo w"], 0) == 3
+    assert _held_back("abc</", ["</s>"]) == 2
+    assert _held_back("abc", ["</s>"]) == 0
+    model = tiny("llama_gqa", block_size=64)
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    full = "".join(
+        d.text for ds in stream_generate(model, tok, [[1, 2, 3]], SamplingParams(max_new_tokens=20)) for d in ds
+    )
+    stop = full[5:8]  # three characters = three tokens: the stop spans token boundaries
+    deltas = [
+        d for ds in stream_generate(model, tok, [[1, 2, 3]], SamplingParams(max_new_tokens=20, stop=[stop])) for d in ds
+    ]
+    text = "".join(d.text for d in deltas)
+    assert text == full[: full.index(stop)]
+    assert deltas[-1].finish_reason == "stop"
+
+
+def test_max_new_tokens_clamped_and_prompt_too_long():
+    model = tiny("llama_gqa", block_size=16)
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    tokens = [
+        d.token_id for ds in stream_generate(model, tok, [[1] * 10], SamplingParams(max_new_tokens=100)) for d in ds
+    ]
+    assert len(tokens) == 6  # clamped to the context
+    with pytest.raises(UserError, match="prompt has 16 tokens but the model's context is 16"):
+        next(stream_generate(model, tok, [[1] * 16], SamplingParams()))
+
+
+def test_sampling_is_seeded():
+    model = tiny("llama_gqa", block_size=64)
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+
+    def run(seed):
+        p = SamplingParams(max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.9, seed=seed)
+        return [d.token_id for ds in stream_generate(model, tok, [[1, 2]], p) for d in ds]
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
