@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("llama", "smollm2", "pythia")
+FAMILIES = ("llama", "mistral", "gemma", "qwen", "phi", "falcon", "olmo", "smollm2", "pythia")
 
 
 def _collect() -> dict[str, dict]:

@@ -3,8 +3,6 @@
 _common = dict(
     architecture="GPTNeoXForCausalLM",
     block_size=2048,
-    vocab_size=50254,
-    padding_multiple=128,
     rotary_percentage=0.25,
     parallel_residual=True,
     attn_bias=True,
@@ -28,12 +26,13 @@ _sizes = {  # name: (n_layer, n_embd, n_head, padded_vocab_size)
     "pythia-12b": (36, 5120, 40, 50688),
 }
 
+# https://huggingface.co/EleutherAI/pythia-{14m,31m,70m,160m,410m,1b,1.4b,2.8b,6.9b,12b}/blob/main/config.json
+# https://huggingface.co/EleutherAI/pythia-{70m,160m,410m,1b,1.4b,2.8b,6.9b,12b}-deduped/blob/main/config.json
 configs = []
 for _name, (_n_layer, _n_embd, _n_head, _padded) in _sizes.items():
     for _suffix in ("", "-deduped"):
         if _name in ("pythia-14m", "pythia-31m") and _suffix:
             continue
-        # https://huggingface.co/EleutherAI/{name}/blob/main/config.json
         configs.append(
             dict(
                 hf_config=dict(org="EleutherAI", name=_name + _suffix),
@@ -41,6 +40,7 @@ for _name, (_n_layer, _n_embd, _n_head, _padded) in _sizes.items():
                 n_layer=_n_layer,
                 n_embd=_n_embd,
                 n_head=_n_head,
+                vocab_size=_padded,  # the HF vocab_size: embedding rows (the tokenizer has 50277 ids)
                 padded_vocab_size=_padded,
             )
         )
