@@ -190,13 +190,15 @@ class CausalSelfAttention(nn.Module):
     def _attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         scale = 1.0 / math.sqrt(self.config.attention_scores_scalar or self.config.head_size)
         H, G = q.shape[1], k.shape[1]
-        if G != H:  # grouped-query attention: each key/value head serves H // G query heads
+        cap = self.config.attention_logit_softcapping
+        if cap is None:  # SDPA shares each key/value head among H // G query heads itself (no copies)
+            causal = mask is None and q.shape[2] > 1
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=G != H
+            )
+        if G != H:
             k = k.repeat_interleave(H // G, dim=1)
             v = v.repeat_interleave(H // G, dim=1)
-        cap = self.config.attention_logit_softcapping
-        if cap is None:
-            causal = mask is None and q.shape[2] > 1
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
         scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
         scores = torch.tanh(scores / cap) * cap
         if mask is None:
