@@ -83,15 +83,9 @@ def iter_checkpoint_tensors(checkpoint_dir: str | Path) -> Iterator[tuple[str, C
         for name, tensor in state.items():
             yield name, (lambda t=tensor: t)
         return
-    from safetensors import safe_open
-
-    try:
-        handle = safe_open(str(path), framework="pt")
-        names = list(handle.keys())
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
-        raise UserError(f"{path} is corrupt or truncated ({str(e).splitlines()[0]}): re-create it") from None
-    for name in names:
-        yield name, (lambda n=name: handle.get_tensor(n))
+    reader = SafetensorsReader(path)
+    for name in reader.keys():
+        yield name, (lambda n=name: reader.get_tensor(n))
 
 
 def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -197,6 +191,48 @@ _DTYPES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+
+
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+class SafetensorsReader:
+    """Reads a .safetensors file one tensor at a time with plain reads (no mmap), so the pages of tensors already
+    handed out do not stay resident: converting a model never holds more than one tensor of the source."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if n < 2 or 8 + n > size:
+                raise UserError(f"{self.path} is corrupt or truncated (bad header): re-create it")
+            try:
+                header = json.loads(f.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise UserError(f"{self.path} is corrupt (unreadable header): re-create it") from None
+        header.pop("__metadata__", None)
+        self.entries = header
+        self._data_start = 8 + n
+        end = max((e["data_offsets"][1] for e in header.values()), default=0)
+        if self._data_start + end > size:
+            raise UserError(f"{self.path} is corrupt or truncated ({size} bytes, header needs more): re-create it")
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        entry = self.entries[name]
+        start, end = entry["data_offsets"]
+        dtype = _DTYPE_NAMES[entry["dtype"]]
+        buf = bytearray(end - start)
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + start)
+            f.readinto(buf)
+        if not buf:
+            return torch.empty(entry["shape"], dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(entry["shape"])
 
 
 class SafetensorsWriter:

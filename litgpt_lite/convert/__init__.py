@@ -186,19 +186,12 @@ def _read_json(path: Path) -> dict:
 
 def _hf_weight_files(checkpoint_dir: Path) -> tuple[list[Path], int]:
     """The weight files to read (safetensors preferred over .bin) and the number of tensors in them."""
-    from safetensors import safe_open
+    from litgpt_lite.checkpoint import SafetensorsReader
 
     files = sorted(checkpoint_dir.glob("*.safetensors"))
-    files = [f for f in files if f.name not in ("lit_model.safetensors",) and not f.name.endswith(".lora.safetensors")]
+    files = [f for f in files if f.name != "lit_model.safetensors" and not f.name.endswith(".lora.safetensors")]
     if files:
-        total = 0
-        for f in files:
-            try:
-                with safe_open(str(f), framework="pt") as handle:
-                    total += len(list(handle.keys()))
-            except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
-                raise UserError(f"{f} is corrupt or truncated ({str(e).splitlines()[0]})") from None
-        return files, total
+        return files, sum(len(SafetensorsReader(f).keys()) for f in files)
     files = sorted(p for p in checkpoint_dir.glob("*.bin") if p.name != "training_args.bin")
     if not files:
         raise UserError(f"{checkpoint_dir} has no *.safetensors or *.bin weight files")
@@ -207,19 +200,15 @@ def _hf_weight_files(checkpoint_dir: Path) -> tuple[list[Path], int]:
 
 def _read_hf_tensors(files: list[Path], progress) -> Iterator:
     import torch
-    from safetensors import safe_open
+
+    from litgpt_lite.checkpoint import SafetensorsReader
 
     for f in files:
         if f.suffix == ".safetensors":
-            try:
-                with safe_open(str(f), framework="pt") as handle:
-                    for key in handle.keys():
-                        progress.update(1)
-                        yield key, handle.get_tensor(key)
-            except UserError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise UserError(f"Cannot read {f}: {str(e).splitlines()[0]}") from None
+            reader = SafetensorsReader(f)
+            for key in reader.keys():
+                progress.update(1)
+                yield key, reader.get_tensor(key)
             continue
         try:
             state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
@@ -227,7 +216,7 @@ def _read_hf_tensors(files: list[Path], progress) -> Iterator:
             raise UserError(f"Cannot read {f} as weights: {type(e).__name__}: {str(e).splitlines()[0]}") from None
         for key in list(state):
             progress.update(1)
-            yield key, state.pop(key)
+            yield key, state.pop(key).clone()
 
 
 def _name_shards(tmp: Path, shards: list[tuple[Path, list[str]]], total: int) -> None:

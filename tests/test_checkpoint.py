@@ -1,0 +1,93 @@
+"""The checkpoint directory: LitGPT .pth compatibility, streaming conversion memory, atomic writes, errors."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from litgpt_lite.checkpoint import SafetensorsReader, load_model, save_checkpoint
+from litgpt_lite.config import Config
+from litgpt_lite.errors import UserError
+from litgpt_lite.model import GPT
+
+
+def tiny_config(**kw) -> Config:
+    base = dict(
+        block_size=32,
+        vocab_size=64,
+        padded_vocab_size=64,
+        n_layer=2,
+        n_head=4,
+        n_embd=32,
+        n_query_groups=2,
+        mlp_class="LLaMAMLP",
+        norm_class="RMSNorm",
+        intermediate_size=48,
+    )
+    return Config(**{**base, **kw})
+
+
+def test_save_load_roundtrip_and_tied(tmp_path):
+    for tied in (False, True):
+        torch.manual_seed(0)
+        model = GPT(tiny_config(tie_embeddings=tied)).eval()
+        save_checkpoint(model, model.config, tmp_path / str(tied))
+        loaded = load_model(tmp_path / str(tied))
+        idx = torch.randint(0, 64, (1, 7))
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(idx), model(idx))
+        assert (loaded.lm_head.weight is loaded.transformer.wte.weight) == tied
+
+
+def test_litgpt_pth_loads_without_unpickling_code(tmp_path):
+    """A LitGPT checkpoint (lit_model.pth, older `attn.attn` names) loads with torch.load(weights_only=True)."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config()).eval()
+    model.config.save(tmp_path / "model_config.yaml")
+    state = {k.replace(".attn.qkv.", ".attn.attn."): v for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "lit_model.pth")
+    loaded = load_model(tmp_path)
+    idx = torch.randint(0, 64, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx), model(idx))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"model": Evil()}, tmp_path / "lit_model.pth")
+    with pytest.raises(UserError, match="Cannot read"):
+        load_model(tmp_path)
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    model = GPT(tiny_config())
+    save_checkpoint(model, model.config, tmp_path)
+    weights = tmp_path / "lit_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        load_model(tmp_path)
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        SafetensorsReader(weights)
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path):
+    model = GPT(tiny_config())
+    save_checkpoint(model, model.config, tmp_path)
+    tiny_config(intermediate_size=40).save(tmp_path / "model_config.yaml")
+    with pytest.raises(UserError, match=r"mlp.fc_1.weight has shape \(48, 32\) but the config needs \(40, 32\)"):
+        load_model(tmp_path)
+
+
+def test_convert_streams_under_1_5x_model_size(smollm2_hf, tmp_path):
+    """convert_to_litgpt's peak RSS, imports included, stays under 1.5x the weights on disk."""
+    on_disk = (smollm2_hf / "model.safetensors").stat().st_size
+    code = (
+        "import resource, sys; from litgpt_lite.convert import convert_to_litgpt; "
+        f"convert_to_litgpt({str(smollm2_hf)!r}, out_dir={str(tmp_path / 'out')!r}); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    peak = int(out.stdout.strip().splitlines()[-1])
+    assert peak < 1.5 * on_disk, f"peak RSS {peak / 1e6:.0f} MB vs {on_disk / 1e6:.0f} MB on disk"
