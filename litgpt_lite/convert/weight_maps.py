@@ -2,7 +2,8 @@
 that are real (fuse q/k/v, split Phi-3's gate_up, undo GPT-NeoX/Falcon head interleaving). `engine.py` runs the
 same table in both directions, so the round trip holds by construction.
 
-Patterns use `{i}` for the layer and `{j}` for the expert index.
+Patterns use `{i}` for the layer and `{j}` for the expert index. A rule whose tensors a checkpoint lacks (biases some
+variants have, a tied lm_head) simply never fires; `checkpoint.check_state_dict` then reports what the config needed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ class Rule:
     hf: tuple[str, ...]  # HF tensor names (patterns)
     lit: tuple[str, ...]  # our tensor names (patterns)
     transform: str = "rename"  # rename | fuse_qkv | split_halves | neox_qkv | falcon_qkv
-    optional: bool = False  # absent in some checkpoints (biases of some variants, a tied lm_head)
     when: str | None = None  # applies only when this Config field is truthy ("!field": falsy)
 
     def applies(self, config) -> bool:
@@ -27,13 +27,13 @@ class Rule:
         return bool(getattr(config, self.when.lstrip("!"))) != negate
 
 
-def rename(hf: str, lit: str, optional: bool = False, when: str | None = None) -> Rule:
-    return Rule((hf,), (lit,), optional=optional, when=when)
+def rename(hf: str, lit: str, when: str | None = None) -> Rule:
+    return Rule((hf,), (lit,), when=when)
 
 
-def fuse_qkv(hf_prefix: str, lit: str, suffix: str = "weight", optional: bool = False) -> Rule:
+def fuse_qkv(hf_prefix: str, lit: str, suffix: str = "weight") -> Rule:
     hf = tuple(f"{hf_prefix}.{p}_proj.{suffix}" for p in "qkv")
-    return Rule(hf, (lit,), "fuse_qkv", optional=optional)
+    return Rule(hf, (lit,), "fuse_qkv")
 
 
 # ---------------------------------------------------------------- transforms: (config, tensors) -> tensors
@@ -98,10 +98,10 @@ def _llama_attn(prefix: str = "model.layers.{i}", bias: bool = False) -> list[Ru
     rules = [
         fuse_qkv(f"{prefix}.self_attn", f"{L}.attn.qkv.weight"),
         rename(f"{prefix}.self_attn.o_proj.weight", f"{L}.attn.proj.weight"),
-        fuse_qkv(f"{prefix}.self_attn", f"{L}.attn.qkv.bias", "bias", optional=True),
-        rename(f"{prefix}.self_attn.o_proj.bias", f"{L}.attn.proj.bias", optional=True),
-        rename(f"{prefix}.self_attn.q_norm.weight", f"{L}.attn.norm_q.weight", optional=True),
-        rename(f"{prefix}.self_attn.k_norm.weight", f"{L}.attn.norm_k.weight", optional=True),
+        fuse_qkv(f"{prefix}.self_attn", f"{L}.attn.qkv.bias", "bias"),
+        rename(f"{prefix}.self_attn.o_proj.bias", f"{L}.attn.proj.bias"),
+        rename(f"{prefix}.self_attn.q_norm.weight", f"{L}.attn.norm_q.weight"),
+        rename(f"{prefix}.self_attn.k_norm.weight", f"{L}.attn.norm_k.weight"),
     ]
     return rules
 
@@ -111,9 +111,9 @@ def _swiglu(prefix: str = "model.layers.{i}.mlp", ours: str = f"{L}.mlp") -> lis
         rename(f"{prefix}.gate_proj.weight", f"{ours}.fc_1.weight"),
         rename(f"{prefix}.up_proj.weight", f"{ours}.fc_2.weight"),
         rename(f"{prefix}.down_proj.weight", f"{ours}.proj.weight"),
-        rename(f"{prefix}.gate_proj.bias", f"{ours}.fc_1.bias", optional=True),
-        rename(f"{prefix}.up_proj.bias", f"{ours}.fc_2.bias", optional=True),
-        rename(f"{prefix}.down_proj.bias", f"{ours}.proj.bias", optional=True),
+        rename(f"{prefix}.gate_proj.bias", f"{ours}.fc_1.bias"),
+        rename(f"{prefix}.up_proj.bias", f"{ours}.fc_2.bias"),
+        rename(f"{prefix}.down_proj.bias", f"{ours}.proj.bias"),
     ]
 
 
@@ -121,7 +121,7 @@ def _ends(prefix: str = "model", head: str = "lm_head") -> list[Rule]:
     return [
         rename(f"{prefix}.embed_tokens.weight", "transformer.wte.weight"),
         rename(f"{prefix}.norm.weight", "transformer.ln_f.weight"),
-        rename(f"{head}.weight", "lm_head.weight", optional=True),  # absent when tied
+        rename(f"{head}.weight", "lm_head.weight"),  # absent when tied
     ]
 
 
@@ -155,9 +155,9 @@ QWEN3_MOE = [
 
 GEMMA2 = [  # also Gemma 3 and OLMo 2 (which has no input/pre-feedforward norms)
     *_ends(),
-    rename("model.layers.{i}.input_layernorm.weight", f"{L}.norm_1.weight", optional=True),
+    rename("model.layers.{i}.input_layernorm.weight", f"{L}.norm_1.weight"),
     rename("model.layers.{i}.post_attention_layernorm.weight", f"{L}.post_attention_norm.weight"),
-    rename("model.layers.{i}.pre_feedforward_layernorm.weight", f"{L}.norm_2.weight", optional=True),
+    rename("model.layers.{i}.pre_feedforward_layernorm.weight", f"{L}.norm_2.weight"),
     rename("model.layers.{i}.post_feedforward_layernorm.weight", f"{L}.post_mlp_norm.weight"),
     *_llama_attn(),
     *_swiglu(),
@@ -165,7 +165,7 @@ GEMMA2 = [  # also Gemma 3 and OLMo 2 (which has no input/pre-feedforward norms)
 
 OLMO = [  # non-parametric norms: no norm weights at all
     rename("model.embed_tokens.weight", "transformer.wte.weight"),
-    rename("lm_head.weight", "lm_head.weight", optional=True),
+    rename("lm_head.weight", "lm_head.weight"),
     *_llama_attn(),
     *_swiglu(),
 ]
@@ -205,15 +205,15 @@ GPT_NEOX = [
     rename("gpt_neox.embed_in.weight", "transformer.wte.weight"),
     rename("gpt_neox.final_layer_norm.weight", "transformer.ln_f.weight"),
     rename("gpt_neox.final_layer_norm.bias", "transformer.ln_f.bias"),
-    rename("embed_out.weight", "lm_head.weight", optional=True),
+    rename("embed_out.weight", "lm_head.weight"),
     rename(f"{_NX}.input_layernorm.weight", f"{L}.norm_1.weight"),
     rename(f"{_NX}.input_layernorm.bias", f"{L}.norm_1.bias"),
     rename(f"{_NX}.post_attention_layernorm.weight", f"{L}.norm_2.weight"),
     rename(f"{_NX}.post_attention_layernorm.bias", f"{L}.norm_2.bias"),
     Rule((f"{_NX}.attention.query_key_value.weight",), (f"{L}.attn.qkv.weight",), "neox_qkv"),
-    Rule((f"{_NX}.attention.query_key_value.bias",), (f"{L}.attn.qkv.bias",), "neox_qkv", optional=True),
+    Rule((f"{_NX}.attention.query_key_value.bias",), (f"{L}.attn.qkv.bias",), "neox_qkv"),
     rename(f"{_NX}.attention.dense.weight", f"{L}.attn.proj.weight"),
-    rename(f"{_NX}.attention.dense.bias", f"{L}.attn.proj.bias", optional=True),
+    rename(f"{_NX}.attention.dense.bias", f"{L}.attn.proj.bias"),
     rename(f"{_NX}.mlp.dense_h_to_4h.weight", f"{L}.mlp.fc.weight"),
     rename(f"{_NX}.mlp.dense_h_to_4h.bias", f"{L}.mlp.fc.bias"),
     rename(f"{_NX}.mlp.dense_4h_to_h.weight", f"{L}.mlp.proj.weight"),
@@ -225,7 +225,7 @@ FALCON = [
     rename("transformer.word_embeddings.weight", "transformer.wte.weight"),
     rename("transformer.ln_f.weight", "transformer.ln_f.weight"),
     rename("transformer.ln_f.bias", "transformer.ln_f.bias"),
-    rename("lm_head.weight", "lm_head.weight", optional=True),
+    rename("lm_head.weight", "lm_head.weight"),
     # Falcon-7B: one shared input norm; Falcon-40B ("new decoder architecture"): one norm per branch
     rename(f"{_FA}.input_layernorm.weight", f"{L}.norm_1.weight", when="shared_attention_norm"),
     rename(f"{_FA}.input_layernorm.bias", f"{L}.norm_1.bias", when="shared_attention_norm"),
@@ -234,13 +234,13 @@ FALCON = [
     rename(f"{_FA}.ln_mlp.weight", f"{L}.norm_2.weight", when="!shared_attention_norm"),
     rename(f"{_FA}.ln_mlp.bias", f"{L}.norm_2.bias", when="!shared_attention_norm"),
     Rule((f"{_FA}.self_attention.query_key_value.weight",), (f"{L}.attn.qkv.weight",), "falcon_qkv"),
-    Rule((f"{_FA}.self_attention.query_key_value.bias",), (f"{L}.attn.qkv.bias",), "falcon_qkv", optional=True),
+    Rule((f"{_FA}.self_attention.query_key_value.bias",), (f"{L}.attn.qkv.bias",), "falcon_qkv"),
     rename(f"{_FA}.self_attention.dense.weight", f"{L}.attn.proj.weight"),
-    rename(f"{_FA}.self_attention.dense.bias", f"{L}.attn.proj.bias", optional=True),
+    rename(f"{_FA}.self_attention.dense.bias", f"{L}.attn.proj.bias"),
     rename(f"{_FA}.mlp.dense_h_to_4h.weight", f"{L}.mlp.fc.weight"),
-    rename(f"{_FA}.mlp.dense_h_to_4h.bias", f"{L}.mlp.fc.bias", optional=True),
+    rename(f"{_FA}.mlp.dense_h_to_4h.bias", f"{L}.mlp.fc.bias"),
     rename(f"{_FA}.mlp.dense_4h_to_h.weight", f"{L}.mlp.proj.weight"),
-    rename(f"{_FA}.mlp.dense_4h_to_h.bias", f"{L}.mlp.proj.bias", optional=True),
+    rename(f"{_FA}.mlp.dense_4h_to_h.bias", f"{L}.mlp.proj.bias"),
 ]
 
 WEIGHT_MAPS: dict[str, list[Rule]] = {
