@@ -253,6 +253,17 @@ def test_unknown_model_name_fails_before_downloading(hub, tmp_path):
     assert hub.requests == []
 
 
+def test_unknown_dtype_fails_before_downloading(hub, tmp_path):
+    with pytest.raises(UserError, match="Unknown dtype 'int3'"):
+        download("tiny/llama", checkpoint_dir=tmp_path, dtype="int3")
+    assert hub.requests == []
+
+
+def test_tokenizer_only_on_a_repo_without_one(hub, tmp_path):
+    with pytest.raises(UserError, match="tiny/bert has no tokenizer files"):
+        download("tiny/bert", checkpoint_dir=tmp_path, tokenizer_only=True)
+
+
 def test_unreachable_endpoint(monkeypatch, tmp_path):
     import socket
 
