@@ -13,7 +13,14 @@ from collections import defaultdict
 from itertools import accumulate
 
 import numpy as np
-import xxhash
+
+from litgpt_lite.errors import UserError
+
+_INSTALL_HINT = "the code-corpus pipeline needs its extra: pip install 'litgpt_lite[code]'"
+try:
+    import xxhash
+except ModuleNotFoundError as e:  # an optional dependency: say how to install it rather than show a traceback
+    raise UserError(_INSTALL_HINT) from e
 
 NUM_PERM = 256
 SHINGLE_SIZE = 5
@@ -21,6 +28,15 @@ SEED = 1
 _SCHEME = "affine32"
 _WORD = re.compile(r"\w+")
 _templates: dict = {}  # (num_perm, seed) -> MinHash holding the drawn permutations
+
+
+def _datasketch():
+    # Imported on first use, not with this module: it loads scipy (~1 s), which the redaction workers never need.
+    try:
+        import datasketch
+    except ModuleNotFoundError as e:
+        raise UserError(_INSTALL_HINT) from e
+    return datasketch
 
 
 def normalized_sha256(content: str) -> str:
@@ -47,16 +63,15 @@ def minhash_signature(content: str, num_perm: int = NUM_PERM, seed: int = SEED) 
     Shingles are hashed with xxh32 rather than datasketch's default SHA-1: a C call per shingle instead of a
     Python wrapper, several times faster, and as good for MinHash, which needs only well-mixed 32-bit values.
     """
-    from datasketch import MinHash  # imported here: it loads scipy, which the redaction workers never need
-
+    datasketch = _datasketch()
     shingles = word_shingles(content)
     if not shingles:
         return None
     # Drawing 256 permutations costs more than hashing a small file: draw them once per process.
     key = (num_perm, seed)
     if key not in _templates:
-        _templates[key] = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME)
-    minhash = MinHash(
+        _templates[key] = datasketch.MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME)
+    minhash = datasketch.MinHash(
         num_perm=num_perm,
         seed=seed,
         hashfunc=xxhash.xxh32_intdigest,
@@ -118,10 +133,9 @@ def near_duplicate_clusters(
     signatures: dict[int, np.ndarray], threshold: float = 0.7, num_perm: int = NUM_PERM, verify: bool = True
 ) -> list[list[int]]:
     """Connected components (of two or more) of the LSH candidate graph over `signatures`, each sorted."""
-    from datasketch import LeanMinHash, MinHashLSH
-
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    lean = {i: LeanMinHash(seed=SEED, hashvalues=sig, scheme=_SCHEME) for i, sig in signatures.items()}
+    datasketch = _datasketch()
+    lsh = datasketch.MinHashLSH(threshold=threshold, num_perm=num_perm)
+    lean = {i: datasketch.LeanMinHash(seed=SEED, hashvalues=sig, scheme=_SCHEME) for i, sig in signatures.items()}
     with lsh.insertion_session() as session:
         for i, minhash in lean.items():
             session.insert(i, minhash, check_duplication=False)
