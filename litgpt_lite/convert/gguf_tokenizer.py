@@ -222,7 +222,7 @@ def _post_processor(tokens: list[str], ids: dict[str, int], add_bos: bool, add_e
     if add_bos or add_eos:
         bos = f"{tokens[ids['bos']]} " if add_bos else ""
         eos = f" {tokens[ids['eos']]}" if add_eos else ""
-        specials = {(tokens[ids[k]], ids[k]) for k, on in (("bos", add_bos), ("eos", add_eos)) if on}
+        specials = sorted({(tokens[ids[k]], ids[k]) for k, on in (("bos", add_bos), ("eos", add_eos)) if on})
         steps.append(
             processors.TemplateProcessing(
                 single=f"{bos}$A{eos}", pair=f"{bos}$A{eos} {bos}$B:1{eos}".replace("  ", " "), special_tokens=specials
