@@ -271,6 +271,14 @@ def test_llama_gguf_logits_match_transformers(tmp_path):
     assert tok.decode(enc.ids, skip_special_tokens=True) == "the theme in a"
     assert tokens.index("Ġthe") in enc.ids  # the merges apply
 
+    from safetensors import safe_open
+
+    half = convert_gguf(path, out_dir=tmp_path / "bf16", dtype="bf16")
+    with safe_open(str(half / "lit_model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+        expected = model.transformer.h[0].attn.qkv.weight.to(torch.bfloat16)
+        assert torch.equal(f.get_tensor("transformer.h.0.attn.qkv.weight"), expected)
+
 
 # ---------------------------------------------------------------- synthetic Gemma 3 (SentencePiece vocab, 1 + w norms)
 GEMMA_TEXTS = [
@@ -282,7 +290,7 @@ GEMMA_TEXTS = [
 ]
 
 
-def _sentencepiece_model():
+def _sentencepiece_model(add_dummy_prefix: bool = False):
     """A real SentencePiece BPE model trained here, with Gemma's special ids and byte fallback."""
     import sentencepiece as spm
 
@@ -299,7 +307,7 @@ def _sentencepiece_model():
         model_type="bpe",
         vocab_size=330,
         byte_fallback=True,
-        add_dummy_prefix=False,
+        add_dummy_prefix=add_dummy_prefix,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
         pad_id=0,
@@ -332,7 +340,7 @@ def _spm_vocab(sp) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def _gemma3_hf_and_gguf(tmp_path: Path, sp):
+def _gemma3_hf_and_gguf(tmp_path: Path, sp, add_space_prefix: bool = False):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     tokens, scores, types = _spm_vocab(sp)
@@ -415,7 +423,7 @@ def _gemma3_hf_and_gguf(tmp_path: Path, sp):
         w.add_pad_token_id(0)
         w.add_add_bos_token(True)
         w.add_add_eos_token(False)
-        w.add_add_space_prefix(False)
+        w.add_add_space_prefix(add_space_prefix)
         w.add_chat_template("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['content'] }}{% endfor %}")
 
     path = write_gguf(tmp_path / "tiny-gemma3.gguf", "gemma3", kv, gguf_tensors)
@@ -440,8 +448,10 @@ def test_gemma3_gguf_logits_match_transformers(tmp_path, spm_model):
         torch.testing.assert_close(model(idx), hf(idx).logits, rtol=1e-4, atol=1e-4)
 
 
-def test_gemma3_tokenizer_matches_sentencepiece(tmp_path, spm_model):
-    _, path, tokens = _gemma3_hf_and_gguf(tmp_path, spm_model)
+@pytest.mark.parametrize("space_prefix", [False, True], ids=["gemma-no-prefix", "llama-space-prefix"])
+def test_sentencepiece_vocab_tokenizes_like_sentencepiece(tmp_path, spm_model, space_prefix):
+    sp = _sentencepiece_model(add_dummy_prefix=True) if space_prefix else spm_model
+    _, path, tokens = _gemma3_hf_and_gguf(tmp_path, sp, add_space_prefix=space_prefix)
     out = convert_gguf(path, out_dir=tmp_path / "ckpt")
     from tokenizers import Tokenizer
 
@@ -449,7 +459,7 @@ def test_gemma3_tokenizer_matches_sentencepiece(tmp_path, spm_model):
     for text in GEMMA_TEXTS:
         ids = tok.encode(text).ids
         assert ids[0] == 2, "add_bos_token: true"
-        assert ids[1:] == spm_model.encode(text), text
+        assert ids[1:] == sp.encode(text), text
         assert tok.decode(ids, skip_special_tokens=True) == text
     turn = tok.encode("<start_of_turn>hi<end_of_turn>").ids
     assert turn[1] == tokens.index("<start_of_turn>") and turn[-1] == tokens.index("<end_of_turn>")
@@ -559,6 +569,8 @@ def test_not_a_gguf_file(tmp_path):
         convert_gguf(bogus)
     with pytest.raises(UserError, match="does not exist"):
         convert_gguf(tmp_path / "missing.gguf")
+    with pytest.raises(UserError, match="Unknown dtype 'int3'"):
+        convert_gguf(bogus, dtype="int3")
 
 
 def test_cli_prints_one_line_error(tmp_path):

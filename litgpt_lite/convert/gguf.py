@@ -42,6 +42,7 @@ _GEMMA3_LAYER_NAMES = {
 }
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 _SKIPPED = {"rope_freqs.weight"}  # folded into Config.rope_scaling
+_VISION_PREFIXES = ("v.", "mm.")  # Ollama's Gemma 3 files bundle the vision tower; we import the text model
 
 
 def smollm2_gguf_path() -> Path:
@@ -81,7 +82,7 @@ def convert_gguf(path: str | Path, out_dir: str | Path | None = None, dtype: str
     torch_dtype = getattr(torch, DTYPES[dtype or "float32"])
     reader = open_gguf(path)
     meta = read_metadata(reader)
-    tensors = {t.name: t for t in reader.tensors}
+    tensors = {t.name: t for t in reader.tensors if not t.name.startswith(_VISION_PREFIXES)}
     _check_tensor_types(tensors, path)
     config = config_from_gguf(meta, tensors, name=path.stem)
     files = tokenizer_files(meta)  # before any dequantizing: an unsupported vocabulary fails fast

@@ -131,7 +131,7 @@ def _byte_level_bpe(meta: dict[str, Any]):
 
 
 def _sentencepiece_bpe(meta: dict[str, Any]):
-    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, normalizers
     from tokenizers.models import BPE
 
     tokens = meta["tokenizer.ggml.tokens"]
@@ -150,10 +150,10 @@ def _sentencepiece_bpe(meta: dict[str, Any]):
     )
     tok = Tokenizer(model)
     add_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
-    # llama.cpp puts the "▁" prefix before every stretch of text that follows a special token, hence "always"
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement="▁", prepend_scheme="always" if add_prefix else "never", split=False
-    )
+    # A normalizer runs on each stretch of text between added tokens: like llama.cpp, the "▁" prefix then goes
+    # before every stretch that follows a special token, and before a text that already starts with a space
+    prefix = [normalizers.Prepend("▁")] if add_prefix else []
+    tok.normalizer = normalizers.Sequence([*prefix, normalizers.Replace(" ", "▁")])
     steps = [decoders.Replace("▁", " ")]
     if byte_fallback:
         steps.append(decoders.ByteFallback())
