@@ -1,0 +1,128 @@
+"""Helpers shared by both sides of a benchmark worker. Imports neither litgpt nor litgpt_lite, so it runs in either
+environment (LitGPT lives in its own venv: its huggingface_hub pin does not fit beside transformers 5)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULT_TAG = "BENCH_RESULT "
+
+
+# ---------------------------------------------------------------- memory (Linux /proc)
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (since start, or since the last `reset_peak_rss`)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- step timing through a global optimizer hook
+class StepClock:
+    """Times training steps from outside the training loop: a global `optimizer.step` post-hook records when each
+    optimizer step ends and the peak RSS since the end of the previous one. Both sides' loops call
+    `optimizer.step()` once per step, so neither needs a benchmark-only code path.
+
+    Step 1 is warm-up (first allocations, optimizer state); the peak-RSS counter is reset when it ends, so `peak_mb`
+    is the steady-state peak of steps 2..n.
+    """
+
+    def __init__(self) -> None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.ends: list[float] = []
+        self.peaks: list[float] = []
+        self._handle = register_optimizer_step_post_hook(self._hook)
+
+    def _hook(self, optimizer, args, kwargs) -> None:
+        self.ends.append(time.perf_counter())
+        self.peaks.append(peak_rss_mb())
+        if len(self.ends) == 1:
+            reset_peak_rss()
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def steady(self) -> tuple[float, int]:
+        """(seconds, steps) from the end of the warm-up step to the end of the last step."""
+        if len(self.ends) < 2:
+            raise RuntimeError(f"need at least 2 optimizer steps to time, got {len(self.ends)}")
+        return self.ends[-1] - self.ends[0], len(self.ends) - 1
+
+    @property
+    def peak_mb(self) -> float:
+        return max(self.peaks[1:]) if len(self.peaks) > 1 else float("nan")
+
+
+# ---------------------------------------------------------------- matmul peak for MFU
+def measured_matmul_flops(n: int = 1024, seconds: float = 1.5) -> float:
+    """The best fp32 matmul FLOP/s this process gets right now (the MFU denominator on CPU)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+# ---------------------------------------------------------------- Alpaca-like SFT records
+_WORDS = (
+    "the of and to in is for that with on as are this be by from at an or it which can have not has their more "
+    "data model time people system water energy example process result number different important write explain "
+    "describe list give three reasons why how what following sentence paragraph story poem summary question answer "
+    "computer science history language learning city country world government health food animal plant music art"
+).split()
+
+
+def alpaca_like_records(n: int, seed: int) -> list[dict[str, str]]:
+    """`n` instruction records whose word counts follow Alpaca's shape: short instructions, an input in about 40% of
+    records, and long-tailed outputs (median ~35 words, a few in the hundreds)."""
+    rng = random.Random(seed)
+
+    def text(median: float, sigma: float, cap: int) -> str:
+        k = max(1, min(cap, int(rng.lognormvariate(math.log(median), sigma))))
+        return " ".join(rng.choice(_WORDS) for _ in range(k))
+
+    records = []
+    for _ in range(n):
+        rec = {"instruction": text(12, 0.45, 60), "input": "", "output": text(35, 0.9, 300)}
+        if rng.random() < 0.4:
+            rec["input"] = text(15, 0.8, 120)
+        records.append(rec)
+    return records
+
+
+# ---------------------------------------------------------------- reporting
+def emit(result: dict[str, Any]) -> None:
+    """Hand the worker's measurements to the runner (one tagged JSON line on stdout)."""
+    sys.stdout.flush()
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def parse_result(stdout: str) -> dict[str, Any] | None:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    return None

@@ -1,0 +1,248 @@
+"""LitGPT's side of each workload, run from the LitGPT venv (python -m venv --system-site-packages plus
+`pip install litgpt`). Fine-tuning goes through LitGPT's own `setup` functions (what `litgpt finetune_*` calls);
+pretraining runs LitGPT's own `fit` on a model built as its `main` builds it, without the `torch.compile` that its
+`main` applies unconditionally (ours runs eager too; compiling a 30-layer model on 2 CPU cores takes minutes)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_common import StepClock, measured_matmul_flops, peak_rss_mb, reset_peak_rss
+
+
+def prepare(p: dict[str, Any]) -> dict[str, Any]:
+    """Write LitGPT's model_config.yaml for `name` beside the shared weights; load them strictly as a check."""
+    import torch
+    from litgpt import GPT, Config
+    from litgpt.utils import save_config
+
+    ckpt = Path(p["checkpoint_dir"])
+    config = Config.from_name(p["name"])
+    save_config(config, ckpt)
+    model = GPT(config)
+    model.load_state_dict(torch.load(ckpt / "lit_model.pth", mmap=True, weights_only=True), strict=True)
+    return {"params": sum(t.numel() for t in model.parameters())}
+
+
+def _train_args(p: dict[str, Any], **overrides):
+    from litgpt.args import TrainArgs
+
+    args = dict(
+        global_batch_size=p["micro_batch"],
+        micro_batch_size=p["micro_batch"],
+        max_steps=p.get("steps"),
+        epochs=None,
+        max_seq_length=p["seq_len"],
+        lr_warmup_steps=1,
+        save_interval=None,
+        log_interval=1,
+    )
+    args.update(overrides)
+    return TrainArgs(**args)
+
+
+def _eval_args():
+    from litgpt.args import EvalArgs
+
+    return EvalArgs(interval=10**9, max_iters=1, max_new_tokens=0, initial_validation=False, final_validation=False)
+
+
+def _blocks(path: Path, n: int, seq_len: int):
+    import numpy as np
+    import torch
+
+    tokens = np.load(path, mmap_mode="r")
+    return torch.from_numpy(np.array(tokens[: n * seq_len + 1])).unfold(0, seq_len + 1, seq_len)[:n].clone()
+
+
+def pretrain(p: dict[str, Any]) -> dict[str, Any]:
+    """LitGPT's pretrain `fit` (AdamW, clipping, chunked cross-entropy) from the shared initial weights, fp32."""
+    import lightning as L
+    from litgpt import GPT, Config
+    from litgpt.pretrain import fit
+    from litgpt.utils import instantiate_torch_optimizer
+    from torch.utils.data import DataLoader
+
+    peak = measured_matmul_flops()
+    mb, T, steps = p["micro_batch"], p["seq_len"], p["steps"]
+    fabric = L.Fabric(accelerator="cpu", devices=1, precision="32-true")
+    fabric.seed_everything(p["seed"])
+    config = Config.from_name(p["name"])
+    with fabric.init_module(empty_init=True):
+        model = GPT(config)
+    model.max_seq_length = T
+    model = fabric.setup(model)
+    optimizer = instantiate_torch_optimizer(
+        {"class_path": "torch.optim.AdamW", "init_args": {"lr": 4e-4, "weight_decay": 0.1, "betas": (0.9, 0.95)}},
+        model.parameters(),
+        fused=False,
+    )
+    optimizer = fabric.setup_optimizers(optimizer)
+    blocks = _blocks(Path(p["data_dir"]) / "tokens.npy", mb * (steps + 1), T)
+    train_dl = DataLoader(blocks[: mb * steps], batch_size=mb)
+    val_dl = DataLoader(blocks[mb * steps :], batch_size=mb)
+    fabric.load_raw(Path(p["checkpoint_dir"]) / "lit_model.pth", model)
+    state = {"model": model, "optimizer": optimizer, "train_dataloader": train_dl, "iter_num": 0, "step_count": 0}
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as out:
+        fit(
+            fabric=fabric,
+            devices=1,
+            state=state,
+            train_dataloader=train_dl,
+            val_dataloader=val_dl,
+            out_dir=Path(out),
+            tokenizer_dir=None,
+            train=_train_args(p, max_steps=None, max_tokens=mb * T * steps, max_norm=1.0),
+            eval=_eval_args(),
+        )
+    clock.close()
+    seconds, timed = clock.steady()
+    return {
+        "tokens_per_s": mb * T * timed / seconds,
+        "peak_rss_mb": clock.peak_mb,
+        "steps_timed": timed,
+        "matmul_peak_flops": peak,
+    }
+
+
+def _json_data(p: dict[str, Any]):
+    from litgpt.data import JSON
+
+    return JSON(Path(p["data_dir"]), mask_prompt=True, prompt_style="alpaca")
+
+
+def _real_tokens(data) -> int:
+    return sum(len(data.train_dataset[i]["input_ids"]) for i in range(len(data.train_dataset)))
+
+
+def finetune_full(p: dict[str, Any]) -> dict[str, Any]:
+    """`litgpt finetune_full --data JSON` for one epoch: LitGPT pads each micro batch to its longest sample."""
+    from litgpt.finetune.full import setup
+
+    data = _json_data(p)
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as out:
+        setup(
+            Path(p["checkpoint_dir"]),
+            out_dir=Path(out),
+            precision="32-true",
+            data=data,
+            train=_train_args(p, max_steps=None, epochs=1),
+            eval=_eval_args(),
+            optimizer="AdamW",
+            seed=p["seed"],
+        )
+    clock.close()
+    seconds, timed = clock.steady()
+    total, real = len(clock.ends), _real_tokens(data)
+    return {
+        "tokens_per_s": real / (seconds * total / timed),
+        "peak_rss_mb": clock.peak_mb,
+        "steps": total,
+        "real_tokens": real,
+    }
+
+
+def finetune_lora(p: dict[str, Any]) -> dict[str, Any]:
+    """`litgpt finetune_lora --lora_r 8` on records longer than max_seq_length (every batch is seq_len long)."""
+    from litgpt.finetune.lora import setup
+
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as out:
+        setup(
+            Path(p["checkpoint_dir"]),
+            out_dir=Path(out),
+            precision="32-true",
+            lora_r=8,
+            lora_alpha=16,
+            lora_dropout=0.05,
+            lora_query=True,
+            lora_key=False,
+            lora_value=True,
+            data=_json_data(p),
+            train=_train_args(p),
+            eval=_eval_args(),
+            optimizer="AdamW",
+            seed=p["seed"],
+        )
+    clock.close()
+    seconds, timed = clock.steady()
+    return {
+        "tokens_per_s": p["micro_batch"] * p["seq_len"] * timed / seconds,
+        "peak_rss_mb": clock.peak_mb,
+        "steps_timed": timed,
+    }
+
+
+def decode(p: dict[str, Any]) -> dict[str, Any]:
+    """Greedy decode, batch 1, with LitGPT's `generate` (what `litgpt generate` runs), stopping at eos like ours."""
+    import lightning as L
+    import torch
+    from litgpt import GPT, Config, Tokenizer
+    from litgpt.generate.base import generate
+
+    ckpt = Path(p["checkpoint_dir"])
+    fabric = L.Fabric(accelerator="cpu", devices=1, precision=p["precision"])
+    tokenizer = Tokenizer(ckpt)
+    config = Config.from_file(ckpt / "model_config.yaml")
+    with fabric.init_module(empty_init=True):
+        model = GPT(config)
+    model.load_state_dict(torch.load(ckpt / "lit_model.pth", mmap=True, weights_only=True))
+    model.eval()
+    model = fabric.setup_module(model)
+    ids = tokenizer.encode(p["prompt"])
+
+    def run(max_new: int) -> tuple[float, int]:
+        model.max_seq_length = len(ids) + max_new
+        model.set_kv_cache(batch_size=1)
+        t = time.perf_counter()
+        out = generate(
+            model, ids, len(ids) + max_new, temperature=0.0, top_k=None, eos_id=tokenizer.eos_id, include_prompt=False
+        )
+        seconds = time.perf_counter() - t
+        n = len(out)
+        if n and int(out[-1]) == tokenizer.eos_id:
+            n -= 1  # ours does not count the eos it stops on either
+        model.clear_kv_cache()
+        return seconds, n
+
+    with torch.inference_mode():
+        run(4)
+        rates = []
+        for _ in range(p["reps"]):
+            seconds, n = run(p["max_new_tokens"])
+            rates.append(n / seconds)
+    rates.sort()
+    return {"tokens_per_s": rates[len(rates) // 2], "new_tokens": n}
+
+
+def convert(p: dict[str, Any]) -> dict[str, Any]:
+    """`litgpt convert_to_litgpt` on a copy of the HF folder (it writes lit_model.pth next to the HF files)."""
+    import shutil
+
+    from litgpt.scripts.convert_hf_checkpoint import convert_hf_checkpoint
+
+    with tempfile.TemporaryDirectory() as out:
+        ckpt = Path(out) / "ckpt"
+        ckpt.mkdir()
+        for f in Path(p["hf_dir"]).iterdir():
+            (ckpt / f.name).symlink_to(f) if f.stat().st_size > 1 << 20 else shutil.copy2(f, ckpt / f.name)
+        reset_peak_rss()
+        t = time.perf_counter()
+        convert_hf_checkpoint(checkpoint_dir=ckpt, model_name=p["litgpt_model_name"])
+        seconds = time.perf_counter() - t
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+WORKLOADS = {
+    "prepare": prepare,
+    "pretrain": pretrain,
+    "finetune_full": finetune_full,
+    "finetune_lora": finetune_lora,
+    "decode": decode,
+    "convert": convert,
+}

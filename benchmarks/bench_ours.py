@@ -1,0 +1,212 @@
+"""litgpt_lite's side of each workload, through the user-facing entrypoints (the functions the CLI commands call)
+and their ordinary flags. Each function takes the workload's parameters and returns its measurements."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_common import StepClock, measured_matmul_flops, peak_rss_mb, reset_peak_rss
+
+
+def _train_args(p: dict[str, Any], **overrides):
+    from litgpt_lite.train.args import TrainArgs
+
+    args = dict(
+        global_batch_size=p["micro_batch"],
+        micro_batch_size=p["micro_batch"],
+        max_steps=p.get("steps"),
+        epochs=None,
+        max_seq_length=p["seq_len"],
+        lr_warmup_steps=0,
+        save_interval=None,
+        log_interval=1,
+    )
+    args.update(overrides)
+    return TrainArgs(**args)
+
+
+def _eval_args():
+    from litgpt_lite.train.args import EvalArgs
+
+    return EvalArgs(interval=10**9, max_iters=1, max_new_tokens=0, initial_validation=False, final_validation=False)
+
+
+def _train_result(clock: StepClock, tokens_per_step: float, peak_flops: float | None = None) -> dict[str, Any]:
+    seconds, steps = clock.steady()
+    out = {"tokens_per_s": tokens_per_step * steps / seconds, "peak_rss_mb": clock.peak_mb, "steps_timed": steps}
+    if peak_flops:
+        out["matmul_peak_flops"] = peak_flops
+    return out
+
+
+def pretrain(p: dict[str, Any]) -> dict[str, Any]:
+    """`litgpt_lite pretrain --initial_checkpoint_dir ... --data <token shard dir>`, fp32."""
+    from litgpt_lite.data.text import TokenShardData
+    from litgpt_lite.train.pretrain import pretrain as run_pretrain
+
+    peak = measured_matmul_flops()
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as out:
+        run_pretrain(
+            initial_checkpoint_dir=Path(p["checkpoint_dir"]),
+            out_dir=Path(out),
+            data=TokenShardData(Path(p["data_dir"]) / "tokens", val_split_fraction=0.01),
+            train=_train_args(p),
+            eval=_eval_args(),
+            precision="32-true",
+            seed=p["seed"],
+        )
+    clock.close()
+    return _train_result(clock, p["micro_batch"] * p["seq_len"], peak)
+
+
+def _sft_data(p: dict[str, Any]):
+    from litgpt_lite.data.sft import JSON
+
+    return JSON(Path(p["data_dir"]), mask_prompt=True, prompt_style="alpaca", packing=p.get("packing", True))
+
+
+def _sft_real_tokens(p: dict[str, Any]) -> int:
+    """Tokens (no padding) of one epoch of the SFT set, tokenized exactly as the run tokenized it."""
+    from litgpt_lite.data.base import DataContext
+    from litgpt_lite.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(p["checkpoint_dir"])
+    data = _sft_data({**p, "packing": False})
+    splits = data.build(DataContext(tokenizer, p["seq_len"], p["seed"], None, Path(p["checkpoint_dir"])))
+    return splits.train.num_tokens()
+
+
+def _epoch_result(clock: StepClock, real_tokens: int) -> dict[str, Any]:
+    """Real (non-padding) tokens per second over one epoch; the warm-up step is timed at the steady-state rate."""
+    seconds, steps = clock.steady()
+    total = len(clock.ends)
+    return {
+        "tokens_per_s": real_tokens / (seconds * total / steps),
+        "peak_rss_mb": clock.peak_mb,
+        "steps": total,
+        "real_tokens": real_tokens,
+    }
+
+
+def finetune_full(p: dict[str, Any]) -> dict[str, Any]:
+    """`litgpt_lite finetune_full --data JSON --data.packing true`, one epoch, fp32."""
+    from litgpt_lite.train.finetune import finetune_full as run
+
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as out:
+        run(
+            checkpoint_dir=Path(p["checkpoint_dir"]),
+            out_dir=Path(out),
+            data=_sft_data(p),
+            train=_train_args(p, max_steps=None, epochs=1, max_norm=None),
+            eval=_eval_args(),
+            precision="32-true",
+            seed=p["seed"],
+        )
+    clock.close()
+    return _epoch_result(clock, _sft_real_tokens(p))
+
+
+def finetune_lora(p: dict[str, Any]) -> dict[str, Any]:
+    """`litgpt_lite finetune_lora --train.chunked_ce N [--quantize bnb.nf4]`, fp32, on records longer than
+    max_seq_length: both sides truncate them to exactly seq_len tokens, so every micro batch has the same shape."""
+    from litgpt_lite.train.finetune import finetune_lora as run
+
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as out:
+        run(
+            checkpoint_dir=Path(p["checkpoint_dir"]),
+            out_dir=Path(out),
+            lora_r=8,
+            lora_alpha=16,
+            lora_dropout=0.05,
+            quantize=p.get("quantize"),
+            data=_sft_data({**p, "packing": False}),
+            train=_train_args(p, chunked_ce=p.get("chunked_ce", 0), max_norm=None),
+            eval=_eval_args(),
+            precision="32-true",
+            seed=p["seed"],
+        )
+    clock.close()
+    return _train_result(clock, p["micro_batch"] * p["seq_len"])
+
+
+# ---------------------------------------------------------------- inference
+def _prompt_ids(llm, text: str) -> list[int]:
+    return llm.tokenizer.encode(text)
+
+
+def _timed_generate(llm, prompts: list[list[int]], max_new_tokens: int) -> tuple[float, int]:
+    """(seconds, generated tokens) of one greedy run of the generation core that `LLM.generate` uses."""
+    from litgpt_lite.generate import generate_completions
+
+    params = llm._params(max_new_tokens, 0.0, None, 1.0, None, None)
+    t = time.perf_counter()
+    out = generate_completions(llm.model, llm.tokenizer, prompts, params)
+    return time.perf_counter() - t, sum(len(c.token_ids) for c in out)
+
+
+def decode(p: dict[str, Any]) -> dict[str, Any]:
+    """Greedy decode, batch 1: `LLM.load(..., precision=...)`, then the generation core; tokens/s over the whole
+    call (prefill + decode), median of `reps` after one warm-up."""
+    from litgpt_lite.api import LLM
+
+    llm = LLM.load(p["checkpoint_dir"], device="cpu", precision=p["precision"])
+    ids = [_prompt_ids(llm, p["prompt"])]
+    _timed_generate(llm, ids, 4)
+    rates = []
+    for _ in range(p["reps"]):
+        seconds, n = _timed_generate(llm, ids, p["max_new_tokens"])
+        rates.append(n / seconds)
+    rates.sort()
+    return {"tokens_per_s": rates[len(rates) // 2], "new_tokens": n}
+
+
+def batched_decode(p: dict[str, Any]) -> dict[str, Any]:
+    """Batch-1 rate on the first prompt vs one left-padded batch of all prompts, alternated in one process."""
+    from litgpt_lite.api import LLM
+
+    llm = LLM.load(p["checkpoint_dir"], device="cpu", precision=p["precision"])
+    ids = [_prompt_ids(llm, text) for text in p["prompts"]]
+    _timed_generate(llm, ids[:1], 4)
+    _timed_generate(llm, ids, 4)
+    single, batched = [], []
+    for _ in range(p["reps"]):
+        s, n = _timed_generate(llm, ids[:1], p["max_new_tokens"])
+        single.append(n / s)
+        s, n = _timed_generate(llm, ids, p["max_new_tokens"])
+        batched.append(n / s)
+    single.sort()
+    batched.sort()
+    return {
+        "batch1_tokens_per_s": single[len(single) // 2],
+        "batched_tokens_per_s": batched[len(batched) // 2],
+        "batch_size": len(ids),
+        "prompt_lengths": [len(i) for i in ids],
+    }
+
+
+def convert(p: dict[str, Any]) -> dict[str, Any]:
+    """`litgpt_lite convert_to_litgpt <HF folder> --out_dir ...`: wall time and the process's peak RSS."""
+    from litgpt_lite.convert import convert_to_litgpt
+
+    with tempfile.TemporaryDirectory() as out:
+        reset_peak_rss()
+        t = time.perf_counter()
+        convert_to_litgpt(Path(p["hf_dir"]), out_dir=Path(out) / "ckpt")
+        seconds = time.perf_counter() - t
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+WORKLOADS = {
+    "pretrain": pretrain,
+    "finetune_full": finetune_full,
+    "finetune_lora": finetune_lora,
+    "decode": decode,
+    "batched_decode": batched_decode,
+    "convert": convert,
+}

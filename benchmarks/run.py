@@ -1,0 +1,570 @@
+"""Benchmarks side by side against LitGPT: the same configs, seeds and weights, run alternately in fresh processes.
+
+    python benchmarks/run.py [--workloads a,b] [--repeats N] [--out benchmarks/RESULTS.md]
+
+For each workload the runner starts LitGPT and litgpt_lite alternately (A B A B ...), each in a fresh subprocess,
+takes the median of each metric per side and reports the ratio ours / LitGPT. The machine is shared and noisy, so
+the interleaved ratio is the number to read, not the absolute rates. LitGPT runs from its own interpreter
+(`--litgpt-python`, default /work/bench-venv/bin/python): its huggingface_hub pin conflicts with transformers 5.
+Writes benchmarks/results.json and the markdown table (with the machine and the command) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from bench_common import emit, parse_result  # noqa: E402
+
+DEFAULT_LITGPT_PYTHON = Path(os.environ.get("LITGPT_PYTHON", "/work/bench-venv/bin/python"))
+EXTRA = ("pretrain_pythia14m",)  # not part of `all`: a seconds-long workload for smoke tests
+PROMPT = "The history of the printing press begins"
+BATCH_PROMPTS = [
+    "Hi",
+    "Tell me about rivers.",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "List three facts about the moon",
+    "Explain, step by step and with an example, how binary search finds a number in a sorted list of a thousand items.",
+    "What is a prime number?",
+    "Describe the water cycle in two sentences, mentioning evaporation, condensation and precipitation.",
+    "Name a color",
+]
+
+
+# ---------------------------------------------------------------- workload definitions
+@dataclass
+class Side:
+    label: str  # column name in the table
+    env: str  # "ours" | "litgpt": which interpreter and module run it
+    fn: str  # function name in bench_ours / bench_litgpt (or "ttft")
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Metric:
+    key: str
+    name: str
+    higher_is_better: bool
+    target: float | None = None  # ratio B / A the issue asks for
+
+
+@dataclass
+class Workload:
+    name: str
+    title: str
+    sides: tuple[Side, Side]  # (A: reference, B: ours); the ratio is B / A
+    metrics: list[Metric]
+    needs: tuple[str, ...] = ()  # assets: "init:<config>", "tokens", "sft", "sft_long", "real"
+    note: str = ""
+
+
+def workloads(a: argparse.Namespace) -> dict[str, Workload]:
+    mb, T, steps = a.micro_batch, a.seq_len, a.steps + 1  # +1: the warm-up step
+    base = {"micro_batch": mb, "seq_len": T, "steps": steps, "seed": 42}
+    tok = Metric("tokens_per_s", "tokens/s", True, 1.10)
+    rss = Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False, 1.0)
+    mfu = Metric("mfu", "MFU vs measured fp32 matmul peak", True)
+    out: dict[str, Workload] = {}
+    for key, name in (("pythia14m", "pythia-14m"), ("pythia70m", "pythia-70m"), ("smollm2", "SmolLM2-135M")):
+        p = {**base, "name": name, "init": name}
+        out[f"pretrain_{key}"] = Workload(
+            f"pretrain_{key}",
+            f"pretraining step, {name}, fp32, micro-batch {mb} x {T}",
+            (Side("LitGPT", "litgpt", "pretrain", p), Side("litgpt_lite", "ours", "pretrain", p)),
+            [tok, rss, mfu],
+            needs=(f"init:{name}", "tokens"),
+        )
+    sft = {**base, "name": a.sft_model, "init": a.sft_model, "data": "sft", "seq_len": a.sft_seq_len}
+    out["sft_full"] = Workload(
+        "sft_full",
+        f"full fine-tune, {a.sft_model}, {a.sft_samples} Alpaca-like samples (one epoch), micro-batch "
+        f"{mb}, max_seq_length {a.sft_seq_len}: ours packs, LitGPT pads",
+        (Side("LitGPT", "litgpt", "finetune_full", sft), Side("litgpt_lite", "ours", "finetune_full", sft)),
+        [Metric("tokens_per_s", "real (non-pad) tokens/s", True, 2.0), rss],
+        needs=(f"init:{a.sft_model}", "sft"),
+    )
+    lora = {**base, "name": "SmolLM2-135M", "init": "SmolLM2-135M", "data": "sft_long", "chunked_ce": a.chunked_ce}
+    out["lora"] = Workload(
+        "lora",
+        f"LoRA r=8 (query, value), SmolLM2-135M, fp32, micro-batch {mb} x {T}; ours --train.chunked_ce {a.chunked_ce}",
+        (Side("LitGPT", "litgpt", "finetune_lora", lora), Side("litgpt_lite", "ours", "finetune_lora", lora)),
+        [tok, Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False, 0.85)],
+        needs=("init:SmolLM2-135M", "sft_long"),
+    )
+    out["qlora"] = Workload(
+        "qlora",
+        f"QLoRA (--quantize bnb.nf4) vs LoRA, ours only (LitGPT's bitsandbytes plugin refuses CPU), "
+        f"SmolLM2-135M, micro-batch {mb} x {T}",
+        (
+            Side("ours LoRA", "ours", "finetune_lora", lora),
+            Side("ours QLoRA nf4", "ours", "finetune_lora", {**lora, "quantize": "bnb.nf4"}),
+        ),
+        [Metric("tokens_per_s", "tokens/s", True), Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False)],
+        needs=("init:SmolLM2-135M", "sft_long"),
+    )
+    for prec, label in (("32-true", "fp32"), ("bf16-true", "bf16")):
+        p = {"data": "real", "precision": prec, "prompt": PROMPT, "max_new_tokens": a.new_tokens, "reps": 3}
+        out[f"decode_{label}"] = Workload(
+            f"decode_{label}",
+            f"greedy decode, batch 1, SmolLM2-135M-Instruct, {label}, {a.new_tokens} new tokens",
+            (Side("LitGPT", "litgpt", "decode", p), Side("litgpt_lite", "ours", "decode", p)),
+            [Metric("tokens_per_s", "tokens/s (prefill + decode)", True, 1.3)],
+            needs=("real",),
+        )
+    p = {"data": "real", "precision": "32-true", "prompts": BATCH_PROMPTS, "max_new_tokens": a.new_tokens, "reps": 2}
+    out["batched_decode"] = Workload(
+        "batched_decode",
+        f"batched greedy decode, {len(BATCH_PROMPTS)} prompts of different lengths vs batch 1 "
+        "(ours only: LitGPT cannot batch prompts of different lengths), fp32",
+        (Side("ours batch 1", "ours", "batched_decode", p), Side("ours batch 8", "ours", "batched_decode", p)),
+        [Metric("tokens_per_s", "total tokens/s", True, 3.0)],
+        needs=("real",),
+        note="one process per run measures both, alternating batch 1 and batch 8",
+    )
+    p = {"data": "hf", "litgpt_model_name": "SmolLM2-135M-Instruct"}
+    out["convert"] = Workload(
+        "convert",
+        "convert_to_litgpt, SmolLM2-135M-Instruct (HF safetensors, fp32)",
+        (Side("LitGPT", "litgpt", "convert", p), Side("litgpt_lite", "ours", "convert", p)),
+        [Metric("seconds", "wall time s", False, 1.0), Metric("peak_rss_mb", "peak RSS MiB (process)", False, 0.8)],
+        needs=("real",),
+    )
+    p = {"data": "real"}
+    out["ttft"] = Workload(
+        "ttft",
+        "time to first token of the `generate` CLI as a whole process (imports included), "
+        "SmolLM2-135M-Instruct, fp32, --max_new_tokens 1",
+        (Side("LitGPT", "litgpt", "ttft", p), Side("litgpt_lite", "ours", "ttft", p)),
+        [Metric("ttft_s", "time to first token s", False, 0.8), Metric("process_s", "whole process s", False)],
+        needs=("real",),
+    )
+    return out
+
+
+# ---------------------------------------------------------------- assets
+def prepare_assets(wl: list[Workload], a: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Build what the selected workloads need (once per run); returns the paths the sides read."""
+    import bench_assets as assets
+
+    paths: dict[str, Any] = {"init": {}}
+    needs = {n for w in wl for n in w.needs}
+    for need in sorted(needs):
+        if need.startswith("init:"):
+            name = need[5:]
+            ours, theirs = assets.random_init(name, root)
+            _litgpt_prepare(a, theirs, name)
+            paths["init"][name] = {"ours": str(ours), "litgpt": str(theirs)}
+        elif need == "tokens":
+            paths["tokens"] = str(assets.token_stream(root, a.micro_batch * a.seq_len * (a.steps + 3) + 1))
+        elif need == "sft":
+            paths["sft"] = str(assets.sft_records(root, a.sft_samples))
+        elif need == "sft_long":
+            n = a.micro_batch * (a.steps + 1)
+            paths["sft_long"] = str(assets.sft_records(root, n, min_words=a.seq_len + 16))
+        elif need == "real":
+            ours, theirs = assets.real_smollm2(root)
+            _litgpt_prepare(a, theirs, "SmolLM2-135M-Instruct")
+            paths["real"] = {"ours": str(ours), "litgpt": str(theirs)}
+            paths["hf"] = str(assets.smollm2_hf())
+    return paths
+
+
+def _litgpt_prepare(a: argparse.Namespace, ckpt: Path, name: str) -> None:
+    if not (ckpt / "model_config.yaml").is_file() and a.litgpt_available:
+        res = run_worker(a, "litgpt", "prepare", {"checkpoint_dir": str(ckpt), "name": name})
+        if "error" in res:
+            raise SystemExit(f"LitGPT could not load the shared {name} weights: {res['error']}")
+
+
+def resolve_params(side: Side, paths: dict[str, Any]) -> dict[str, Any]:
+    p = dict(side.params)
+    if "init" in p:
+        p["checkpoint_dir"] = paths["init"][p.pop("init")][side.env]
+    data = p.pop("data", None)
+    if data in ("tokens", "sft", "sft_long"):
+        p["data_dir"] = paths[data]
+    elif data == "real":
+        p["checkpoint_dir"] = paths["real"][side.env]
+    elif data == "hf":
+        p["hf_dir"] = paths["hf"]
+    if side.fn == "pretrain":
+        p["data_dir"] = paths["tokens"]
+    return p
+
+
+# ---------------------------------------------------------------- running one side in a fresh process
+def _env(side_env: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def run_worker(a: argparse.Namespace, env: str, fn: str, params: dict[str, Any]) -> dict[str, Any]:
+    python = sys.executable if env == "ours" else str(a.litgpt_python)
+    cmd = [python, str(Path(__file__).resolve()), "--worker", env, fn, json.dumps(params)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=_env(env), cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {a.timeout}s"}
+    res = parse_result(proc.stdout)
+    if res is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+    return res
+
+
+def run_ttft(a: argparse.Namespace, env: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Start the `generate` CLI and time the first line of generated text on stdout, from process start."""
+    ckpt = params["checkpoint_dir"]
+    common = [
+        ckpt,
+        "--prompt",
+        "What food do llamas eat?",
+        "--max_new_tokens",
+        "1",
+        "--temperature",
+        "0",
+        "--precision",
+        "32-true",
+    ]
+    if env == "ours":
+        cmd = [sys.executable, "-m", "litgpt_lite", "generate", *common]
+    else:
+        cmd = [str(Path(a.litgpt_python).parent / "litgpt"), "generate", *common]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(env), cwd=REPO)
+    lines: list[tuple[float, str]] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append((time.perf_counter() - t0, line))
+    _, err = proc.communicate(timeout=a.timeout)
+    total = time.perf_counter() - t0
+    if proc.returncode:
+        return {"error": f"exit {proc.returncode}: {err.strip().splitlines()[-1:]}"}
+    first = _first_generated_line(lines, skip_arg_dump=env == "litgpt")
+    if first is None:
+        return {"error": "no generated text on stdout"}
+    return {"ttft_s": first, "process_s": total}
+
+
+def _first_generated_line(lines: list[tuple[float, str]], skip_arg_dump: bool) -> float | None:
+    """Time of the first generated line; LitGPT's generate first pprints its arguments as a dict on stdout."""
+    i = 0
+    if skip_arg_dump and lines and lines[0][1].startswith("{"):
+        while i < len(lines) and not lines[i][1].rstrip().endswith("}"):
+            i += 1
+        i += 1
+    return lines[i][0] if i < len(lines) else None
+
+
+# ---------------------------------------------------------------- a workload: A B A B ...
+def run_workload(w: Workload, a: argparse.Namespace, paths: dict[str, Any]) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    unavailable: str | None = None
+    for rep in range(a.repeats):
+        for side in w.sides:
+            if side.env == "litgpt" and not a.litgpt_available:
+                unavailable = f"LitGPT is not importable from {a.litgpt_python}"
+                continue
+            params = resolve_params(side, paths)
+            t = time.perf_counter()
+            if side.fn == "ttft":
+                res = run_ttft(a, side.env, params)
+            else:
+                res = run_worker(a, side.env, side.fn, params)
+            res = _derive(w, side, res)
+            runs.append({"side": side.label, "repeat": rep, "wall_s": round(time.perf_counter() - t, 1), **res})
+            print(f"  {w.name} [{side.label}] rep {rep}: {_short(res)}", flush=True)
+            if "unavailable" in res:
+                unavailable = res["unavailable"]
+        if unavailable and all("unavailable" in r or "error" in r for r in runs if r["side"] == w.sides[1].label):
+            break
+    return summarize(w, runs, unavailable)
+
+
+def _derive(w: Workload, side: Side, res: dict[str, Any]) -> dict[str, Any]:
+    """Per-run derived metrics: MFU for pretraining; batched decode splits into its two sides."""
+    if "error" in res or "unavailable" in res:
+        return res
+    if side.fn == "batched_decode":
+        key = "batched_tokens_per_s" if side.label.endswith("8") else "batch1_tokens_per_s"
+        return {**res, "tokens_per_s": res[key]}
+    if side.fn == "pretrain" and res.get("matmul_peak_flops"):
+        res = {
+            **res,
+            "mfu": res["tokens_per_s"]
+            * flops_per_token(side.params["name"], side.params["seq_len"])
+            / res["matmul_peak_flops"],
+        }
+    return res
+
+
+def flops_per_token(name: str, seq_len: int) -> float:
+    """Training FLOPs per token of a config: 6 x the matmul weights (the head included) plus causal attention."""
+    from litgpt_lite.config import Config
+
+    c = Config.from_name(name)
+    qkv = c.n_embd * (c.n_head + 2 * c.n_query_groups) * c.head_size
+    proj = c.n_head * c.head_size * c.n_embd
+    mlp = (3 if c.mlp_class in ("LLaMAMLP", "GemmaMLP") else 2) * c.n_embd * c.intermediate_size
+    matmul = c.n_layer * (qkv + proj + mlp) + c.n_embd * c.padded_vocab_size
+    attention = 6 * c.n_layer * c.n_head * c.head_size * seq_len  # QK^T and AV, causal half, fwd + bwd
+    return 6 * matmul + attention
+
+
+def _short(res: dict[str, Any]) -> str:
+    if "error" in res or "unavailable" in res:
+        return str(res.get("error") or f"not available: {res['unavailable']}")
+    return ", ".join(f"{k}={v:.4g}" for k, v in res.items() if isinstance(v, float))
+
+
+def summarize(w: Workload, runs: list[dict[str, Any]], unavailable: str | None) -> dict[str, Any]:
+    medians: dict[str, dict[str, float]] = {}
+    errors = [f"{r['side']}: {r['error']}" for r in runs if "error" in r]
+    for side in w.sides:
+        ok = [r for r in runs if r["side"] == side.label and "error" not in r and "unavailable" not in r]
+        medians[side.label] = {
+            m.key: statistics.median(r[m.key] for r in ok) for m in w.metrics if ok and all(m.key in r for r in ok)
+        }
+    a_label, b_label = w.sides[0].label, w.sides[1].label
+    ratios = {}
+    for m in w.metrics:
+        va, vb = medians[a_label].get(m.key), medians[b_label].get(m.key)
+        if va and vb is not None:
+            ratios[m.key] = vb / va
+    return {
+        "title": w.title,
+        "sides": [a_label, b_label],
+        "runs": runs,
+        "medians": medians,
+        "ratios": ratios,
+        "unavailable": unavailable if not ratios else None,
+        "errors": errors,
+        "note": w.note,
+        "metrics": [vars(m) for m in w.metrics],
+    }
+
+
+# ---------------------------------------------------------------- report
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory": mem,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def litgpt_version(a: argparse.Namespace) -> str | None:
+    try:
+        out = subprocess.run(
+            [str(a.litgpt_python), "-c", "import importlib.metadata as m; print(m.version('litgpt'))"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_env("litgpt"),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        "# Benchmarks: litgpt_lite vs LitGPT, side by side",
+        "",
+        f"Measured {report['started']} - {report['finished']} on {m['cpu']}, {m['cores']} cores "
+        f"({m['torch_threads']} torch threads), {m['memory']}, {m['gpu'] or 'no GPU'}; torch {m['torch']}, "
+        f"Python {m['python']}, LitGPT {report['litgpt_version']}. Load average at start "
+        f"{m['load_average_start']}, at end {report['load_average_end']}.",
+        "",
+        "The machine is shared with other jobs, so absolute rates are noisy: read the **ratio** column. Each "
+        "workload ran its two sides alternately (A B A B ...) in fresh processes on identical configs, seeds and "
+        f"weights; values are medians of {report['repeats']} run(s) per side. Ratio = ours / reference; higher is "
+        "better for throughput, lower for time and memory.",
+        "",
+        "Reproduce with:",
+        "",
+        "```",
+        report["command"],
+        "```",
+        "",
+        "| workload | metric | reference | ours | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report["workloads"].items():
+        a_label, b_label = r["sides"]
+        if r.get("unavailable"):
+            lines.append(
+                f"| {name}: {r['title']} | - | {a_label} | {b_label} | not available: {r['unavailable']} | | |"
+            )
+            continue
+        for m_ in r["metrics"]:
+            va, vb = r["medians"][a_label].get(m_["key"]), r["medians"][b_label].get(m_["key"])
+            ratio = r["ratios"].get(m_["key"])
+            target = m_["target"]
+            met = ""
+            if target is not None and ratio is not None:
+                ok = ratio >= target if m_["higher_is_better"] else ratio <= target
+                met = "yes" if ok else "**no**"
+            tgt = "" if target is None else ((">= " if m_["higher_is_better"] else "<= ") + f"{target:g}x")
+            lines.append(
+                f"| {name}: {r['title']} | {m_['name']} | {a_label}: {_fmt(va)} | {b_label}: {_fmt(vb)} | "
+                f"{_fmt(ratio)}{'x' if ratio is not None else ''} | {tgt} | {met} |"
+            )
+        for e in r["errors"]:
+            lines.append(f"| {name} | error | {e} | | | | |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- entry points
+def worker_main(env: str, fn: str, params_json: str) -> int:
+    """Run one side of one workload in this fresh process and print its result line."""
+    params = json.loads(params_json)
+    try:
+        module = __import__("bench_ours" if env == "ours" else "bench_litgpt")
+        result = module.WORKLOADS[fn](params)
+    except ImportError as e:
+        emit({"unavailable": f"{type(e).__name__}: {e}"})
+        return 0
+    except Exception as e:  # noqa: BLE001 - report it in the table, keep the suite going
+        traceback.print_exc()
+        emit({"error": f"{type(e).__name__}: {e}"[:300]})
+        return 1
+    emit(result)
+    return 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--workloads", default="all", help="comma-separated names (see --list), or all")
+    p.add_argument("--repeats", type=int, default=2, help="runs per side, interleaved A B A B")
+    p.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="the markdown report")
+    p.add_argument("--json", type=Path, default=None, help="the JSON results (default: results.json beside --out)")
+    p.add_argument("--micro-batch", type=int, default=2, help="training micro-batch size (the issue: 4)")
+    p.add_argument("--seq-len", type=int, default=256, help="training sequence length (the issue: 512)")
+    p.add_argument("--steps", type=int, default=2, help="timed training steps after the warm-up step")
+    p.add_argument("--full", action="store_true", help="the issue's shape: micro-batch 4 x 512, 3 timed steps")
+    p.add_argument("--sft-model", default="pythia-70m", help="config of the full fine-tune workload")
+    p.add_argument("--sft-samples", type=int, default=24, help="Alpaca-like samples in the SFT epoch")
+    p.add_argument("--sft-seq-len", type=int, default=512, help="max_seq_length of the SFT workload")
+    p.add_argument("--chunked-ce", type=int, default=128, help="ours: --train.chunked_ce for the LoRA workloads")
+    p.add_argument("--new-tokens", type=int, default=48, help="new tokens per decode")
+    p.add_argument("--litgpt-python", type=Path, default=DEFAULT_LITGPT_PYTHON, help="interpreter with litgpt")
+    p.add_argument("--assets", type=Path, default=None, help="where shared weights/data go (default: a temp dir)")
+    p.add_argument("--timeout", type=int, default=1200, help="seconds per process")
+    p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    a = p.parse_args(argv)
+    if a.full:
+        a.micro_batch, a.seq_len, a.steps = 4, 512, 3
+        if a.sft_model == "pythia-70m":
+            a.sft_model = "SmolLM2-135M"
+    if a.repeats < 1 or a.steps < 1:
+        p.error("--repeats and --steps must be at least 1")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return worker_main(*argv[1:4])
+    a = parse_args(argv)
+    table = workloads(a)
+    if a.list:
+        for name, w in table.items():
+            print(f"{name:18s} {w.title}{'  (not in all)' if name in EXTRA else ''}")
+        return 0
+    names = (
+        [n for n in table if n not in EXTRA]
+        if a.workloads == "all"
+        else [n.strip() for n in a.workloads.split(",") if n.strip()]
+    )
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        print(f"error: unknown workload(s) {', '.join(unknown)}; choose from {', '.join(table)}", file=sys.stderr)
+        return 2
+    a.litgpt_available = Path(a.litgpt_python).is_file() and litgpt_version(a) is not None
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "command": "python benchmarks/run.py " + " ".join(shlex.quote(x) for x in argv),
+        "litgpt_version": litgpt_version(a) if a.litgpt_available else None,
+        "repeats": a.repeats,
+        "shape": {"micro_batch": a.micro_batch, "seq_len": a.seq_len, "timed_steps": a.steps},
+        "workloads": {},
+    }
+    json_path = a.json or a.out.with_name("results.json")
+    with tempfile.TemporaryDirectory(prefix="litgpt_lite_bench_") as tmp:
+        root = a.assets or Path(tmp)
+        print(f"preparing assets in {root} ...", flush=True)
+        paths = prepare_assets([table[n] for n in names], a, root)
+        for name in names:
+            print(f"{name}: {table[name].title}", flush=True)
+            report["workloads"][name] = run_workload(table[name], a, paths)
+            _write(report, a.out, json_path)
+    _write(report, a.out, json_path)
+    print(markdown(report))
+    return 0
+
+
+def _write(report: dict[str, Any], md_path: Path, json_path: Path) -> None:
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(markdown(report))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
