@@ -623,3 +623,15 @@ def test_out_dir_that_is_not_a_checkpoint_is_kept(tmp_path, spm_model):
     with pytest.raises(UserError, match="not a checkpoint directory"):
         convert_gguf(path, out_dir=keep)
     assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_incomplete_or_foreign_tensors_fail_before_dequantizing(tmp_path):
+    embd = ("token_embd.weight", np.ones((8, 32), np.float32), None)
+    incomplete = write_gguf(tmp_path / "incomplete.gguf", "llama", _minimal_kv(), [embd])
+    with pytest.raises(UserError, match="lacks .* weight"):
+        convert_gguf(incomplete)
+    bias = ("blk.0.attn_q.bias", np.ones(32, np.float32), None)
+    foreign = write_gguf(tmp_path / "foreign.gguf", "llama", _minimal_kv(), [embd, bias])
+    with pytest.raises(UserError, match="blk.0.attn_q.bias has no counterpart"):
+        convert_gguf(foreign)
+    assert not (tmp_path / "incomplete").exists() and not (tmp_path / "foreign").exists()

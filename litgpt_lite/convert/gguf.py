@@ -17,6 +17,7 @@ from litgpt_lite.errors import UserError
 
 # general.architecture -> the HF architecture whose weight map and config.json our checkpoint then uses
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+_GGUF_ARCH = {hf: gguf for gguf, hf in ARCHITECTURES.items()}
 QUANT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -80,15 +81,17 @@ def convert_gguf(path: str | Path, out_dir: str | Path | None = None, dtype: str
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(DTYPES)}")
     torch_dtype = getattr(torch, DTYPES[dtype or "float32"])
+    print(f"Reading {path}", flush=True)  # parsing a large vocabulary takes seconds
     reader = open_gguf(path)
     meta = read_metadata(reader)
     tensors = {t.name: t for t in reader.tensors if not t.name.startswith(_VISION_PREFIXES)}
     _check_tensor_types(tensors, path)
     config = config_from_gguf(meta, tensors, name=path.stem)
+    check_tensors(tensors, config, source=str(path))
     files = tokenizer_files(meta)  # before any dequantizing: an unsupported vocabulary fails fast
     out_dir = _out_dir(path, out_dir)
     with atomic_dir(out_dir) as tmp:
-        _write_weights(tmp / WEIGHTS, config, meta, tensors, torch_dtype, source=str(path))
+        _write_weights(tmp / WEIGHTS, config, tensors, torch_dtype, source=str(path))
         config.save(tmp / CONFIG)
         for name, text in files.items():
             (tmp / name).write_text(text)
@@ -103,14 +106,21 @@ def open_gguf(path: Path):
 
     if not path.is_file():
         raise UserError(f"{path} does not exist or is not a file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
+    if not is_gguf_file(path):
         raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
     try:
         return GGUFReader(path, "r")
     except Exception as e:  # noqa: BLE001 - the reader raises ValueError/IndexError/... on a damaged file
-        raise UserError(f"{path} is a damaged GGUF file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise UserError(f"{path} is a truncated or damaged GGUF file ({type(e).__name__}: {e})") from None
+
+
+def is_gguf_file(path: str | Path) -> bool:
+    """Whether `path` is a file that starts with the GGUF magic bytes (Ollama's blobs have no .gguf suffix)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
 
 
 def read_metadata(reader) -> dict[str, Any]:
@@ -143,7 +153,10 @@ def _check_tensor_types(tensors: dict[str, Any], path: Path) -> None:
 def _out_dir(path: Path, out_dir: str | Path | None) -> Path:
     from litgpt_lite.checkpoint import CONFIG
 
-    out = Path(out_dir) if out_dir is not None else path.parent / path.stem
+    if out_dir is not None:
+        out = Path(out_dir)
+    else:  # beside the file, named after it (a suffix-less Ollama blob gets a suffix so the names differ)
+        out = path.parent / (path.stem if path.suffix else f"{path.name}-litgpt")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG).is_file())):
         raise UserError(f"{out} exists and is not a checkpoint directory: pass an empty or new --out_dir")
     return out
@@ -290,64 +303,90 @@ def _sliding_layers(pattern: Any, n_layer: int) -> list[int]:
 
 
 # ---------------------------------------------------------------- tensors -> our state dict
-def _write_weights(target: Path, config, meta: dict, tensors: dict[str, Any], dtype, source: str) -> None:
-    import torch
+def _write_weights(target: Path, config, tensors: dict[str, Any], dtype, source: str) -> None:
     from tqdm import tqdm
 
-    from litgpt_lite.checkpoint import SafetensorsWriter, check_state_dict
-    from litgpt_lite.model import GPT
+    from litgpt_lite.checkpoint import SafetensorsWriter
 
-    with torch.device("meta"):
-        expected = GPT(config)
-    shapes = {}
     writer = SafetensorsWriter(target)
     try:
         progress = tqdm(list(tensors.values()), desc=f"convert {Path(source).name}", unit="tensor", disable=None)
-        for name, tensor in lit_tensors(progress, config, meta["general.architecture"]):
-            shapes[name] = torch.empty(tensor.shape, device="meta")
+        for name, tensor in lit_tensors(progress, config):
             writer.add(name, tensor.to(dtype))
-        check_state_dict(expected, shapes, source=source)
     except BaseException:
         writer.abort()
         raise
     writer.close()
 
 
-def lit_tensors(tensors, config, arch: str) -> Iterator[tuple[str, Any]]:
+def check_tensors(tensors: dict[str, Any], config, source: str) -> None:
+    """UserError for a GGUF tensor we cannot place, a missing one, or a shape the config does not expect.
+
+    Reads only the GGUF's tensor table, so a wrong file fails before anything is dequantized.
+    """
+    import torch
+
+    from litgpt_lite.checkpoint import check_state_dict
+    from litgpt_lite.model import GPT
+
+    shapes: dict[str, list[int]] = {}
+    for t in tensors.values():
+        name, part = lit_name(t.name, config)
+        if name is None:
+            continue
+        rows, *rest = (int(n) for n in reversed(t.shape))
+        if part is not None and name in shapes:  # q, k and v stack into one qkv matrix
+            shapes[name][0] += rows
+        else:
+            shapes[name] = [rows, *rest]
+    with torch.device("meta"):
+        expected = GPT(config)
+        check_state_dict(expected, {k: torch.empty(v) for k, v in shapes.items()}, source=source)
+
+
+def lit_name(gguf_name: str, config) -> tuple[str | None, str | None]:
+    """(our tensor name, "attn_q"/"attn_k"/"attn_v" when it is a part of the fused qkv) for a GGUF tensor name.
+
+    None for a tensor folded into the config; UserError for one our model has no place for.
+    """
+    if gguf_name in _SKIPPED:
+        return None, None
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name], None
+    arch = _GGUF_ARCH[config.architecture]
+    names = _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
+    match = _LAYER_TENSOR.fullmatch(gguf_name)
+    kind = match.group(2) if match else None
+    if kind in ("attn_q", "attn_k", "attn_v"):
+        return f"transformer.h.{match.group(1)}.attn.qkv.weight", kind
+    if kind not in names:
+        raise UserError(f"GGUF tensor {gguf_name} has no counterpart in our {arch} model: is it a variant of {arch}?")
+    return f"transformer.h.{match.group(1)}.{names[kind]}.weight", None
+
+
+def lit_tensors(tensors, config) -> Iterator[tuple[str, Any]]:
     """(our name, dequantized tensor) for GGUF tensors, in file order; q/k/v are fused once a layer has all three."""
     import torch
 
-    names = _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
-    pending: dict[int, dict[str, Any]] = {}
+    arch = _GGUF_ARCH[config.architecture]
+    pending: dict[str, dict[str, Any]] = {}
     for t in tensors:
-        if t.name in _SKIPPED:
+        name, part = lit_name(t.name, config)
+        if name is None:
             continue
         weight = read_tensor(t)
         if arch == "gemma3" and t.name.endswith("norm.weight"):
             weight = weight - 1.0  # llama.cpp stores Gemma's (1 + w); our RMSNorm adds the 1 itself
-        if t.name in _GLOBAL_NAMES:
-            yield _GLOBAL_NAMES[t.name], weight
+        if part is None:
+            yield name, weight
             continue
-        match = _LAYER_TENSOR.fullmatch(t.name)
-        kind = match.group(2) if match else None
-        if kind in ("attn_q", "attn_k", "attn_v"):
-            layer = int(match.group(1))
-            if arch == "llama" and kind != "attn_v":
-                weight = _unpermute(weight, config.n_head if kind == "attn_q" else config.n_query_groups)
-            parts = pending.setdefault(layer, {})
-            parts[kind] = weight
-            if len(parts) == 3:
-                del pending[layer]
-                qkv = torch.cat([parts["attn_q"], parts["attn_k"], parts["attn_v"]], dim=0)
-                yield f"transformer.h.{layer}.attn.qkv.weight", qkv
-            continue
-        if kind not in names:
-            raise UserError(f"GGUF tensor {t.name} has no counterpart in our {arch} model: is it a variant of {arch}?")
-        yield f"transformer.h.{match.group(1)}.{names[kind]}.weight", weight
-    if pending:
-        layer, parts = next(iter(pending.items()))
-        missing = sorted({"attn_q", "attn_k", "attn_v"} - set(parts))
-        raise UserError(f"The GGUF file lacks blk.{layer}.{missing[0]}.weight: the file is incomplete")
+        if arch == "llama" and part != "attn_v":
+            weight = _unpermute(weight, config.n_head if part == "attn_q" else config.n_query_groups)
+        parts = pending.setdefault(name, {})
+        parts[part] = weight
+        if len(parts) == 3:
+            del pending[name]
+            yield name, torch.cat([parts["attn_q"], parts["attn_k"], parts["attn_v"]], dim=0)
 
 
 def _unpermute(weight, n_head: int):
