@@ -226,9 +226,13 @@ def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The GPT inside a Fabric or DDP wrapper."""
+    """The GPT inside a Fabric (`_FabricModule`) or DDP wrapper."""
     while True:
-        inner = getattr(model, "_original_module", None) or getattr(model, "_forward_module", None)
+        inner = None
+        for attr in ("_original_module", "_forward_module"):
+            if isinstance(getattr(model, attr, None), nn.Module):
+                inner = getattr(model, attr)
+                break
         if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
             inner = model.module
         if inner is None or inner is model:
@@ -364,8 +368,8 @@ def save_lora(
     if base_checkpoint_dir is not None:
         base = Path(base_checkpoint_dir)
         copy_tokenizer_files(base, out_dir)
-        for name in (CONFIG, "prompt_style.yaml"):
-            if (base / name).is_file() and not (out_dir / name).is_file():
+        for name in (CONFIG, "prompt_style.yaml"):  # the adapters belong to the base's architecture
+            if (base / name).is_file():
                 shutil.copy2(base / name, out_dir / name)
     if not (out_dir / CONFIG).is_file():
         unwrap(model).config.save(out_dir / CONFIG)
@@ -428,10 +432,12 @@ def merge_lora_cli(checkpoint_dir: Path, base_checkpoint_dir: Path | None = None
         base_checkpoint_dir: the model the adapters were trained on (default: the one lora.yaml names).
         out_dir: where to write the merged checkpoint (default: checkpoint_dir itself, keeping the adapters).
     """
-    cfg, base, _ = read_lora_dir(checkpoint_dir, base_checkpoint_dir)
+    cfg, base, info = read_lora_dir(checkpoint_dir, base_checkpoint_dir)
     base = validate_checkpoint_dir(base)
     out_dir = Path(out_dir) if out_dir is not None else Path(checkpoint_dir)
     print(f"Merging {Path(checkpoint_dir) / LORA_WEIGHTS} into {base} ...")
+    if info.get("quantize"):
+        print(f"The adapters were trained on a {info['quantize']} base; they merge into its full-precision weights.")
     adapters = read_safetensors(Path(checkpoint_dir) / LORA_WEIGHTS)
     config = load_config(base)
     merged, config = merged_state(base, config, cfg, adapters, source=str(Path(checkpoint_dir) / LORA_WEIGHTS))

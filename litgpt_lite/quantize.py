@@ -542,8 +542,8 @@ def _prequantized_linear(bnb, meta_linear: nn.Module, tensors: dict[str, torch.T
 
 def quantize_cli(
     checkpoint_dir: Path,
-    quantize: str,
-    out_dir: Path,
+    quantize: str = "bnb.nf4",
+    out_dir: Path | None = None,
     dtype: str | None = None,
     int8_threshold: float = 6.0,
     skip: list[str] | None = None,
@@ -553,7 +553,8 @@ def quantize_cli(
     Args:
         checkpoint_dir: the full-precision litgpt_lite checkpoint directory.
         quantize: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
-        out_dir: where to write the quantized checkpoint (replaced atomically if it exists).
+        out_dir: where to write the quantized checkpoint, replaced atomically if it exists (default: beside the
+            checkpoint, named `<checkpoint_dir>-<mode>`, e.g. `SmolLM2-135M-bnb.nf4`).
         dtype: dtype of the unquantized weights (embeddings, norms, lm_head) and of 4-bit dequantization:
             bfloat16, float16 or float32 (default: as stored in the checkpoint).
         int8_threshold: LLM.int8() outlier threshold (bnb.int8 only).
@@ -562,7 +563,8 @@ def quantize_cli(
     check_mode(quantize)
     torch_dtype = _parse_dtype(dtype)
     checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
-    if Path(out_dir).resolve() == checkpoint_dir.resolve():
+    out_dir = Path(out_dir) if out_dir is not None else checkpoint_dir.with_name(f"{checkpoint_dir.name}-{quantize}")
+    if out_dir.resolve() == checkpoint_dir.resolve():
         raise UserError("--out_dir must differ from the checkpoint dir: the original weights are the source")
     skip_names = tuple(skip) if skip is not None else DEFAULT_SKIP
     print(f"Quantizing {checkpoint_dir} to {quantize} ...")
