@@ -1,0 +1,148 @@
+"""What every data module hands the fit loop: index-able sample sets of (input_ids, labels[, segment_ids]).
+
+Samples are already shifted: `labels[t]` is the token that should follow `input_ids[t]`, and -100 marks a position
+that carries no loss (prompt tokens under masking, padding). Packed rows add `segment_ids` so attention and
+positions restart at every sample inside a row.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from litgpt_lite.prompts import PromptStyle
+    from litgpt_lite.tokenizer import Tokenizer
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class DataContext:
+    """What a data module needs from the run to build its samples."""
+
+    tokenizer: Tokenizer | None
+    max_seq_length: int
+    seed: int = 42
+    prompt_style: PromptStyle | None = None
+    checkpoint_dir: Path | None = None
+
+
+@dataclass
+class Splits:
+    """Built samples plus what happened while building them (reported once, before training)."""
+
+    train: Any
+    val: Any | None
+    notes: list[str] = field(default_factory=list)
+
+
+class DataModule:
+    """Base class of the `--data` choices. A subclass stores its init arguments under the same names."""
+
+    def build(self, ctx: DataContext) -> Splits:
+        """Tokenize (or open) the data and return the train and validation sample sets."""
+        raise NotImplementedError
+
+    def to_config(self) -> dict[str, Any]:
+        """{class_path, init_args}: what `--data` in a hyperparameters.yaml rebuilds this module from."""
+        params = inspect.signature(type(self).__init__).parameters
+        init_args = {}
+        for name in params:
+            if name == "self":
+                continue
+            value = getattr(self, name)
+            init_args[name] = str(value) if isinstance(value, Path) else value
+        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": init_args}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_config()["init_args"].items())
+        return f"{type(self).__name__}({args})"
+
+
+class SampleList(torch.utils.data.Dataset):
+    """Variable-length SFT samples held as token lists."""
+
+    def __init__(self, samples: list[tuple[list[int], list[int]]]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids, labels = self.samples[i]
+        return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
+
+    def num_tokens(self) -> int:
+        return sum(len(ids) for ids, _ in self.samples)
+
+
+class PackedRows(torch.utils.data.Dataset):
+    """SFT samples concatenated into rows of exactly `row_length` tokens.
+
+    Samples are placed greedily, in the given order, into the first of the newest `window` rows they fit (a bounded
+    first-fit keeps packing linear in the number of samples); a row's tail is padding with its own segment id and no
+    loss. `segment_ids` let the model restart positions and block attention across samples.
+    """
+
+    def __init__(
+        self, samples: list[tuple[list[int], list[int]]], row_length: int, pad_id: int = 0, window: int = 64
+    ) -> None:
+        self.row_length, self.pad_id = row_length, pad_id
+        self.rows: list[list[int]] = []  # sample indices per row
+        room: list[int] = []
+        for i, (ids, _) in enumerate(samples):
+            first = max(len(room) - window, 0)
+            for r in range(first, len(room)):
+                if len(ids) <= room[r]:
+                    self.rows[r].append(i)
+                    room[r] -= len(ids)
+                    break
+            else:
+                self.rows.append([i])
+                room.append(row_length - len(ids))
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids: list[int] = []
+        labels: list[int] = []
+        segments: list[int] = []
+        for seg, s in enumerate(self.rows[i]):
+            sample_ids, sample_labels = self.samples[s]
+            ids += sample_ids
+            labels += sample_labels
+            segments += [seg] * len(sample_ids)
+        pad = self.row_length - len(ids)
+        pad_segment = len(self.rows[i])
+        return {
+            "input_ids": torch.tensor(ids + [self.pad_id] * pad, dtype=torch.long),
+            "labels": torch.tensor(labels + [IGNORE_INDEX] * pad, dtype=torch.long),
+            "segment_ids": torch.tensor(segments + [pad_segment] * pad, dtype=torch.long),
+        }
+
+    def num_tokens(self) -> int:
+        return len(self.rows) * self.row_length
+
+
+def collate(items: list[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad a micro batch to its longest sample (causal attention never sees the padding)."""
+    T = max(item["input_ids"].shape[0] for item in items)
+    batch: dict[str, torch.Tensor] = {}
+    fill = {"input_ids": pad_id, "labels": IGNORE_INDEX}
+    for key in items[0]:
+        rows = []
+        for item in items:
+            x = item[key]
+            if x.shape[0] < T:
+                pad_value = fill.get(key, int(x.max()) + 1 if key == "segment_ids" else 0)
+                x = torch.cat((x, torch.full((T - x.shape[0],), pad_value, dtype=x.dtype)))
+            rows.append(x)
+        batch[key] = torch.stack(rows)
+    return batch

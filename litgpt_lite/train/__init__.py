@@ -1,0 +1,1 @@
+"""Training: one fit loop (loop.py) for pretraining and every fine-tuning method (recipes.py, lora.py)."""

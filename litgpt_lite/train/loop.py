@@ -1,0 +1,268 @@
+"""The one fit loop. It knows nothing about LoRA, quantization or where data comes from: a recipe prepared the
+model, the entrypoint built the pieces, and `fit` runs optimizer steps, validates, logs and checkpoints.
+
+Loss normalisation: every step's loss is the sum of token losses over the whole global batch divided by the
+number of target tokens in it. So gradient accumulation, packing and the number of devices do not change the
+numbers (a packed batch has the same loss as the same samples unpacked; 2 processes match 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from litgpt_lite.data.base import IGNORE_INDEX, collate
+from litgpt_lite.train.args import EvalArgs, TrainArgs
+from litgpt_lite.train.checkpoints import TrainState, save_training_checkpoint
+
+
+@dataclass
+class FitArgs:
+    """What `fit` needs besides the model, optimizer and data."""
+
+    train: TrainArgs
+    eval: EvalArgs
+    out_dir: Path
+    total_steps: int
+    recipe: Any
+    seed: int = 42
+    pad_id: int = 0
+    metrics: Any = None  # loggers.Metrics
+    sample: Callable[[torch.nn.Module], str | None] | None = None  # one generation at each validation
+    flops_per_token: float | None = None
+    peak_flops: float | None = None  # per device; None where unknown (CPU)
+    history: list[dict] = field(default_factory=list)  # per-step metrics of this process (tests read it)
+
+
+# ---------------------------------------------------------------- data order
+def step_indices(step: int, n: int, global_batch: int, seed: int) -> tuple[list[int], int]:
+    """The `global_batch` sample indices of optimizer step `step`, and the epoch its first sample is in.
+
+    The sample stream is epoch 0's seeded permutation, then epoch 1's, and so on, so the position after any step is
+    known from the step alone (exact resume needs no data-loader state).
+    """
+    start = step * global_batch
+    out: list[int] = []
+    epoch = start // n
+    first_epoch = epoch
+    offset = start % n
+    while len(out) < global_batch:
+        order = _epoch_order(n, seed, epoch)
+        take = order[offset : offset + global_batch - len(out)]
+        out += take
+        epoch, offset = epoch + 1, 0
+    return out, first_epoch
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+
+
+def micro_batches(dataset, indices: list[int], rank: int, world: int, micro: int, pad_id: int):
+    """This rank's share of a global batch, collated into micro batches."""
+    per_rank = len(indices) // world
+    mine = indices[rank * per_rank : (rank + 1) * per_rank]
+    return [collate([dataset[j] for j in mine[i : i + micro]], pad_id) for i in range(0, len(mine), micro)]
+
+
+# ---------------------------------------------------------------- loss
+def loss_sum(fabric, model, batch: dict[str, torch.Tensor], chunk: int = 0) -> torch.Tensor:
+    """Sum of token cross-entropies over the batch's target tokens (float32)."""
+    x, y = batch["input_ids"], batch["labels"]
+    segments = batch.get("segment_ids")
+    if not chunk:
+        logits = model(x, segment_ids=segments)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    hidden = model(x, segment_ids=segments, return_hidden=True)  # (B, T, C)
+    head = _head(model)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for h, t in zip(hidden.split(chunk, dim=1), y.split(chunk, dim=1)):
+        # Recompute each chunk's logits in backward, so at most one chunk of full-vocab logits is alive at a time.
+        total = total + torch.utils.checkpoint.checkpoint(_chunk_loss, head, fabric, h, t, use_reentrant=False)
+    return total
+
+
+def _head(model) -> Callable:
+    module = getattr(model, "module", model)
+    return getattr(module, "_orig_mod", module).logits
+
+
+def _chunk_loss(head, fabric, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    with fabric.autocast():
+        logits = head(hidden)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def count_targets(batches: list[dict[str, torch.Tensor]]) -> int:
+    return int(sum((b["labels"] != IGNORE_INDEX).sum() for b in batches))
+
+
+def _all_sum(fabric, value: float | int) -> float:
+    if fabric.world_size == 1:
+        return float(value)
+    return float(fabric.all_reduce(torch.tensor(float(value), dtype=torch.float64), reduce_op="sum"))
+
+
+# ---------------------------------------------------------------- the loop
+def fit(fabric, model, optimizer, scheduler, train_data, val_data, args: FitArgs, state: TrainState) -> TrainState:
+    """Train from `state` until the stopping point; returns the final state."""
+    t = args.train
+    accum = t.gradient_accumulation_iters(fabric.world_size)
+    progress = Progress(fabric, args, state)
+    if args.eval.initial_validation and val_data is not None and state.step == 0:
+        _validate_and_log(fabric, model, val_data, args, state)
+    while not _done(state, args):
+        indices, state.epoch = step_indices(state.step, len(train_data), t.global_batch_size, args.seed)
+        batches = micro_batches(
+            train_data, indices, fabric.global_rank, fabric.world_size, t.micro_batch_size, args.pad_id
+        )
+        targets = max(_all_sum(fabric, count_targets(batches)), 1.0)
+        step_loss = torch.zeros((), dtype=torch.float32)
+        for i, batch in enumerate(batches):
+            batch = {k: fabric.to_device(v) for k, v in batch.items()}
+            with fabric.no_backward_sync(model, enabled=i < accum - 1):
+                s = loss_sum(fabric, model, batch, t.chunked_ce)
+                # DDP/FSDP average gradients over ranks, so scale by world size: the result is sum / targets.
+                fabric.backward(s * fabric.world_size / targets)
+            step_loss += s.detach().float().cpu()
+        if t.max_norm is not None:
+            fabric.clip_gradients(model, optimizer, max_norm=t.max_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        state.step += 1
+        state.tokens += int(_all_sum(fabric, sum(b["input_ids"].numel() for b in batches)))
+        loss = _all_sum(fabric, step_loss) / targets
+        if state.first_loss is None:
+            state.first_loss = loss
+        progress.step(loss, lr)
+        _after_step(fabric, model, optimizer, scheduler, val_data, args, state)
+    if args.eval.final_validation and val_data is not None and state.step % args.eval.interval:
+        _validate_and_log(fabric, model, val_data, args, state)
+    progress.finish()
+    return state
+
+
+def _done(state: TrainState, args: FitArgs) -> bool:
+    if state.step >= args.total_steps:
+        return True
+    return args.train.max_tokens is not None and state.tokens >= args.train.max_tokens
+
+
+def _after_step(fabric, model, optimizer, scheduler, val_data, args: FitArgs, state: TrainState) -> None:
+    if val_data is not None and state.step % args.eval.interval == 0:
+        _validate_and_log(fabric, model, val_data, args, state)
+    interval = args.train.save_interval
+    if (interval is not None and state.step % interval == 0) or _done(state, args):
+        path = save_training_checkpoint(fabric, args.out_dir, args.recipe, model, optimizer, scheduler, state)
+        fabric.print(f"Saved checkpoint {path}")
+
+
+@torch.no_grad()
+def validate(fabric, model, val_data, args: FitArgs) -> float:
+    """Token-mean loss over the first `eval.max_iters` micro batches of the validation set (all ranks)."""
+    was_training = model.training
+    model.eval()
+    mb, world, rank = args.train.micro_batch_size, fabric.world_size, fabric.global_rank
+    total = count = 0.0
+    n_batches = min(args.eval.max_iters, math.ceil(len(val_data) / mb))
+    # Every rank runs the same number of forwards (FSDP all-gathers inside each); a rank past the end repeats
+    # batch 0 and drops the result.
+    for r in range(math.ceil(n_batches / world)):
+        b = r * world + rank
+        keep = b < n_batches
+        idx = list(range(b * mb, min((b + 1) * mb, len(val_data)))) if keep else list(range(min(mb, len(val_data))))
+        batch = {k: fabric.to_device(v) for k, v in collate([val_data[i] for i in idx], args.pad_id).items()}
+        s = float(loss_sum(fabric, model, batch, args.train.chunked_ce))
+        if keep:
+            total += s
+            count += count_targets([batch])
+    total, count = _all_sum(fabric, total), _all_sum(fabric, count)
+    model.train(was_training)
+    return total / max(count, 1.0)
+
+
+def _validate_and_log(fabric, model, val_data, args: FitArgs, state: TrainState) -> None:
+    t0 = time.perf_counter()
+    val_loss = validate(fabric, model, val_data, args)
+    ppl = math.exp(min(val_loss, 50.0))
+    fabric.print(
+        f"validation | step {state.step} | val loss {val_loss:.4f} | val ppl {ppl:.2f} | "
+        f"{time.perf_counter() - t0:.1f}s"
+    )
+    if args.sample is not None and args.eval.max_new_tokens > 0:
+        text = args.sample(model)
+        if text is not None:
+            fabric.print(f"sample | {text!r}")
+    args.history.append({"step": state.step, "val_loss": val_loss})
+    if args.metrics is not None:
+        args.metrics.log(
+            {"val_loss": val_loss, "val_ppl": ppl, "epoch": state.epoch, "tokens": state.tokens}, state.step
+        )
+
+
+class Progress:
+    """One line per `log_interval` steps: loss, lr, tokens/s, MFU where the peak is known, ETA."""
+
+    def __init__(self, fabric, args: FitArgs, state: TrainState) -> None:
+        self.fabric, self.args = fabric, args
+        self.start_step, self.start_tokens = state.step, state.tokens
+        self.t0 = self.t_last = time.perf_counter()
+        self.tokens_last = state.tokens
+        self.state = state
+        self.last_loss: float | None = None
+
+    def step(self, loss: float, lr: float) -> None:
+        s, args = self.state, self.args
+        self.last_loss = loss
+        now = time.perf_counter()
+        tok_s = (s.tokens - self.tokens_last) / max(now - self.t_last, 1e-9)
+        self.t_last, self.tokens_last = now, s.tokens
+        metrics: dict[str, Any] = {
+            "loss": loss,
+            "lr": lr,
+            "tokens": s.tokens,
+            "epoch": s.epoch,
+            "tokens_per_sec": tok_s,
+        }
+        mfu = None
+        if args.flops_per_token and args.peak_flops:
+            mfu = tok_s * args.flops_per_token / (args.peak_flops * self.fabric.world_size)
+            metrics["mfu"] = mfu
+        args.history.append({"step": s.step, **metrics})
+        if s.step % args.train.log_interval and s.step != args.total_steps and s.step != self.start_step + 1:
+            return
+        if args.metrics is not None:
+            args.metrics.log(metrics, s.step)
+        done = s.step - self.start_step
+        eta = (now - self.t0) / done * (args.total_steps - s.step)
+        line = f"step {s.step}/{args.total_steps} | loss {loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s"
+        if mfu is not None:
+            line += f" | MFU {100 * mfu:.1f}%"
+        self.fabric.print(f"{line} | ETA {_duration(eta)}")
+
+    def finish(self) -> None:
+        s = self.state
+        elapsed = time.perf_counter() - self.t0
+        if s.first_loss is not None and self.last_loss is not None:
+            self.fabric.print(
+                f"Training done: {s.step} steps, {s.tokens:,} tokens in {_duration(elapsed)} | "
+                f"loss first step {s.first_loss:.4f} -> last step {self.last_loss:.4f}"
+            )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

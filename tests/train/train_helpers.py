@@ -1,0 +1,45 @@
+"""Tiny models and checkpoints on the bundled tokenizer, shared by the training and data tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from litgpt_lite.config import Config
+from litgpt_lite.data.text import BUNDLED_TOKENIZER
+
+TINY = dict(
+    name="tiny",
+    block_size=128,
+    vocab_size=1024,
+    padding_multiple=64,
+    n_layer=2,
+    n_embd=32,
+    n_head=4,
+    n_query_groups=2,
+    intermediate_size=64,
+    norm_class="RMSNorm",
+    mlp_class="LLaMAMLP",
+)
+
+
+def tiny_config(**overrides) -> Config:
+    return Config(**{**TINY, **overrides})
+
+
+def tiny_checkpoint(out_dir: Path, seed: int = 0, prompt_style: str = "alpaca", **overrides) -> Path:
+    """A random tiny GPT saved as a checkpoint dir with the bundled tokenizer."""
+    from litgpt_lite.checkpoint import save_checkpoint
+    from litgpt_lite.model import GPT
+    from litgpt_lite.train.pretrain import init_weights
+
+    torch.manual_seed(seed)
+    config = tiny_config(**overrides)
+    model = GPT(config)
+    init_weights(model)
+    return save_checkpoint(model, config, out_dir, tokenizer_dir=BUNDLED_TOKENIZER, prompt_style=prompt_style)
+
+
+def losses(result: dict) -> list[float]:
+    return [h["loss"] for h in result["history"] if "loss" in h]
