@@ -6,8 +6,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +21,6 @@ from litgpt_lite.checkpoint import load_model  # noqa: E402
 from litgpt_lite.convert import convert_to_litgpt  # noqa: E402
 from litgpt_lite.convert.gguf import convert_gguf, open_gguf, read_tensor  # noqa: E402
 from litgpt_lite.errors import UserError  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- writing GGUF files
@@ -280,6 +276,31 @@ def test_llama_gguf_logits_match_transformers(tmp_path):
         assert torch.equal(f.get_tensor("transformer.h.0.attn.qkv.weight"), expected)
 
 
+def test_reader_agrees_with_gguf_package(tmp_path):
+    """Our fast header parser against gguf.GGUFReader: every metadata value and every tensor's bytes."""
+    from gguf import GGUFReader
+
+    _, path, _ = _llama_hf_and_gguf(tmp_path)
+    ours, ref = open_gguf(path), GGUFReader(path)
+    expected = {k: f.contents() for k, f in ref.fields.items() if not k.startswith("GGUF.")}
+    assert ours.metadata == expected
+    assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
+    for mine, theirs in zip(ours.tensors, ref.tensors):
+        assert mine.tensor_type == theirs.tensor_type and list(mine.shape) == theirs.shape.tolist()
+        assert mine.data.tobytes() == np.asarray(theirs.data).tobytes(), mine.name
+
+
+def test_truncated_file(tmp_path):
+    _, path, _ = _llama_hf_and_gguf(tmp_path)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(UserError, match="truncated GGUF file: tensor .* runs past its end"):
+        convert_gguf(cut)
+    cut.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(UserError, match="truncated GGUF file"):
+        convert_gguf(cut)
+
+
 # ---------------------------------------------------------------- synthetic Gemma 3 (SentencePiece vocab, 1 + w norms)
 GEMMA_TEXTS = [
     "Hello world, this is a test.",
@@ -487,8 +508,8 @@ def test_smollm2_weights_equal_reference(smollm2_gguf_ckpt, smollm2_lit):
     ):
         assert set(ours.keys()) == set(ref.keys())
         for name in ref.keys():  # both were dequantized from the same Q4_1 file
-            diff = (ours.get_tensor(name) - ref.get_tensor(name)).abs().max().item()
-            assert diff <= 1e-6, f"{name} differs by {diff}"
+            a, b = ours.get_tensor(name), ref.get_tensor(name)
+            assert torch.equal(a, b) or (a - b).abs().max().item() <= 1e-6, name
     ours_cfg, ref_cfg = (load_model_config(d) for d in (smollm2_gguf_ckpt, smollm2_lit))
     for field in ("n_layer", "n_embd", "n_head", "n_query_groups", "intermediate_size", "rope_base", "norm_eps"):
         assert getattr(ours_cfg, field) == getattr(ref_cfg, field), field
@@ -573,17 +594,14 @@ def test_not_a_gguf_file(tmp_path):
         convert_gguf(bogus, dtype="int3")
 
 
-def test_cli_prints_one_line_error(tmp_path):
+def test_cli_prints_one_line_error(tmp_path, capsys):
+    from litgpt_lite.__main__ import main
+
     bogus = tmp_path / "model.gguf"
     bogus.write_bytes(b"\x00" * 64)
-    run = subprocess.run(
-        [sys.executable, "-m", "litgpt_lite", "convert_to_litgpt", str(bogus)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert run.returncode != 0
-    assert run.stderr.strip().count("\n") == 0 and "is not a GGUF file" in run.stderr
+    assert main(["convert_to_litgpt", str(bogus), "--out_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "is not a GGUF file" in err
 
 
 def _minimal_kv():
