@@ -276,6 +276,76 @@ def test_llama_gguf_logits_match_transformers(tmp_path):
         assert torch.equal(f.get_tensor("transformer.h.0.attn.qkv.weight"), expected)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_qwen_gguf_logits_match_transformers(tmp_path, arch):
+    """Qwen GGUFs keep HF's q/k row order (no permutation); Qwen 2 adds q/k/v biases, Qwen 3 q/k norms."""
+    import transformers
+
+    tokens, merges, types = _byte_level_vocab()
+    kind = "Qwen2" if arch == "qwen2" else "Qwen3"
+    cfg = getattr(transformers, f"{kind}Config")(
+        vocab_size=len(tokens),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    hf = getattr(transformers, f"{kind}ForCausalLM")(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.05 * torch.randn_like(p))
+    names = {
+        "input_layernorm.weight": "attn_norm.weight",
+        "post_attention_layernorm.weight": "ffn_norm.weight",
+        "self_attn.o_proj.weight": "attn_output.weight",
+        "mlp.gate_proj.weight": "ffn_gate.weight",
+        "mlp.up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+        "self_attn.q_norm.weight": "attn_q_norm.weight",
+        "self_attn.k_norm.weight": "attn_k_norm.weight",
+    }
+    for p in "qkv":
+        names.update({f"self_attn.{p}_proj.weight": f"attn_{p}.weight", f"self_attn.{p}_proj.bias": f"attn_{p}.bias"})
+    gguf_tensors = [
+        ("token_embd.weight", hf.model.embed_tokens.weight.detach().numpy(), None),
+        ("output_norm.weight", hf.model.norm.weight.detach().numpy(), None),
+    ]
+    for key, value in hf.model.layers.state_dict().items():
+        i, rest = key.split(".", 1)
+        gguf_tensors.append((f"blk.{i}.{names[rest]}", value.numpy(), None))
+
+    def kv(w: GGUFWriter) -> None:
+        w.add_context_length(256)
+        w.add_embedding_length(64)
+        w.add_block_count(2)
+        w.add_feed_forward_length(128)
+        w.add_head_count(4)
+        w.add_head_count_kv(2)
+        w.add_key_length(16)
+        w.add_rope_freq_base(1000000.0)
+        w.add_layer_norm_rms_eps(1e-6)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_eos_token_id(len(tokens) - 2)
+
+    path = write_gguf(tmp_path / f"tiny-{arch}.gguf", arch, kv, gguf_tensors)
+    model = load_model(convert_gguf(path))
+    assert model.config.attn_bias == (arch == "qwen2") and model.config.norm_qk == (arch == "qwen3")
+    idx = torch.randint(0, len(tokens), (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), hf(idx).logits, rtol=1e-4, atol=1e-4)
+
+
 def test_reader_agrees_with_gguf_package(tmp_path):
     """Our fast header parser against gguf.GGUFReader: every metadata value and every tensor's bytes."""
     from gguf import GGUFReader
@@ -620,7 +690,7 @@ def test_unsupported_architecture(tmp_path):
     path = write_gguf(
         tmp_path / "bert.gguf", "bert", _minimal_kv(), [("token_embd.weight", np.ones((4, 32), np.float32), None)]
     )
-    with pytest.raises(UserError, match="GGUF architecture 'bert' is not supported"):
+    with pytest.raises(UserError, match="GGUF architecture 'bert' is not supported .supported: llama, gemma3"):
         convert_gguf(path)
     assert not (tmp_path / "bert").exists()
 

@@ -1,4 +1,4 @@
-"""Import a GGUF file (llama.cpp, Ollama) as a litgpt_lite checkpoint directory.
+"""Import a GGUF file (llama.cpp, Ollama) as a litgpt_lite checkpoint directory: Llama, Gemma 3, Qwen 2/2.5 and Qwen 3.
 
 The metadata becomes our `Config`, the tensors are dequantized one at a time (with `gguf.quants`) and renamed to
 ours, undoing what llama.cpp's converter did to them: the rotary permutation of Llama's q/k rows and the +1 folded
@@ -18,7 +18,12 @@ from typing import Any
 from litgpt_lite.errors import UserError
 
 # general.architecture -> the HF architecture whose weight map and config.json our checkpoint then uses
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
 _GGUF_ARCH = {hf: gguf for gguf, hf in ARCHITECTURES.items()}
 QUANT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -36,14 +41,19 @@ _LAYER_NAMES = {
     "ffn_up": "mlp.fc_2",
     "ffn_down": "mlp.proj",
 }
-_GEMMA3_LAYER_NAMES = {
-    **_LAYER_NAMES,
-    "post_attention_norm": "post_attention_norm",
-    "post_ffw_norm": "post_mlp_norm",
-    "attn_q_norm": "attn.norm_q",
-    "attn_k_norm": "attn.norm_k",
+_QK_NORM_NAMES = {"attn_q_norm": "attn.norm_q", "attn_k_norm": "attn.norm_k"}
+_ARCH_LAYER_NAMES = {
+    "llama": _LAYER_NAMES,
+    "qwen2": _LAYER_NAMES,
+    "qwen3": {**_LAYER_NAMES, **_QK_NORM_NAMES},
+    "gemma3": {
+        **_LAYER_NAMES,
+        **_QK_NORM_NAMES,
+        "post_attention_norm": "post_attention_norm",
+        "post_ffw_norm": "post_mlp_norm",
+    },
 }
-_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _SKIPPED = {"rope_freqs.weight"}  # folded into Config.rope_scaling
 _VISION_PREFIXES = ("v.", "mm.")  # Ollama's Gemma 3 files bundle the vision tower; we import the text model
 
@@ -64,7 +74,7 @@ def smollm2_gguf_path() -> Path:
 
 
 def convert_gguf(path: str | Path, out_dir: str | Path | None = None, dtype: str | None = None) -> Path:
-    """Import the Llama or Gemma-3 model in a GGUF file as a litgpt_lite checkpoint directory.
+    """Import the Llama, Gemma 3, Qwen 2 or Qwen 3 model in a GGUF file as a litgpt_lite checkpoint directory.
 
     Args:
         path: the .gguf file.
@@ -266,11 +276,16 @@ def config_from_gguf(meta: dict[str, Any], tensors: dict[str, Any], name: str):
 
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise UserError(
-            f"GGUF architecture {arch!r} is not supported: import a {' or '.join(ARCHITECTURES)} model instead"
-        )
+        raise UserError(f"GGUF architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
     conf = _common_config(meta, arch, tensors)
-    conf.update(_gemma3_config(meta, conf) if arch == "gemma3" else _llama_config(meta, conf, tensors))
+    if arch == "gemma3":
+        conf.update(_gemma3_config(meta, conf))
+    elif arch == "llama":
+        conf.update(_llama_config(meta, conf, tensors), attn_bias="blk.0.attn_q.bias" in tensors)
+    elif arch == "qwen2":  # biases on q/k/v, none on the output projection
+        conf.update(attn_bias=True)
+    else:
+        conf.update(norm_qk=True)
     return Config(name=name, architecture=ARCHITECTURES[arch], **conf)
 
 
@@ -451,12 +466,12 @@ def lit_name(gguf_name: str, config) -> tuple[str | None, str | None]:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name], None
     arch = _GGUF_ARCH[config.architecture]
-    names = _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
     match = _LAYER_TENSOR.fullmatch(gguf_name)
-    kind = match.group(2) if match else None
+    kind, suffix = (match.group(2), match.group(3)) if match else (None, None)
     if kind in ("attn_q", "attn_k", "attn_v"):
-        return f"transformer.h.{match.group(1)}.attn.qkv.weight", kind
-    if kind not in names:
+        return f"transformer.h.{match.group(1)}.attn.qkv.{suffix}", kind
+    names = _ARCH_LAYER_NAMES[arch]
+    if kind not in names or suffix != "weight":
         raise UserError(f"GGUF tensor {gguf_name} has no counterpart in our {arch} model: is it a variant of {arch}?")
     return f"transformer.h.{match.group(1)}.{names[kind]}.weight", None
 
