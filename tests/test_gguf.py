@@ -718,8 +718,8 @@ def test_incomplete_or_foreign_tensors_fail_before_dequantizing(tmp_path):
     incomplete = write_gguf(tmp_path / "incomplete.gguf", "llama", _minimal_kv(), [embd])
     with pytest.raises(UserError, match="lacks .* weight"):
         convert_gguf(incomplete)
-    bias = ("blk.0.attn_q.bias", np.ones(32, np.float32), None)
-    foreign = write_gguf(tmp_path / "foreign.gguf", "llama", _minimal_kv(), [embd, bias])
-    with pytest.raises(UserError, match="blk.0.attn_q.bias has no counterpart"):
+    router = ("blk.0.ffn_gate_inp.weight", np.ones((4, 32), np.float32), None)  # a mixture-of-experts router
+    foreign = write_gguf(tmp_path / "foreign.gguf", "llama", _minimal_kv(), [embd, router])
+    with pytest.raises(UserError, match="blk.0.ffn_gate_inp.weight has no counterpart"):
         convert_gguf(foreign)
     assert not (tmp_path / "incomplete").exists() and not (tmp_path / "foreign").exists()
