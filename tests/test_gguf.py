@@ -276,10 +276,14 @@ def test_llama_gguf_logits_match_transformers(tmp_path):
         assert torch.equal(f.get_tensor("transformer.h.0.attn.qkv.weight"), expected)
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
-def test_qwen_gguf_logits_match_transformers(tmp_path, arch):
+@pytest.mark.parametrize(("arch", "yarn"), [("qwen2", False), ("qwen2", True), ("qwen3", False)])
+def test_qwen_gguf_logits_match_transformers(tmp_path, arch, yarn):
     """Qwen GGUFs keep HF's q/k row order (no permutation); Qwen 2 adds q/k/v biases, Qwen 3 q/k norms."""
     import transformers
+
+    rope = {"rope_type": "default", "rope_theta": 1000000.0}
+    if yarn:  # how Qwen 2.5's long-context GGUFs say it
+        rope.update(rope_type="yarn", factor=4.0, original_max_position_embeddings=64)
 
     tokens, merges, types = _byte_level_vocab()
     kind = "Qwen2" if arch == "qwen2" else "Qwen3"
@@ -293,7 +297,7 @@ def test_qwen_gguf_logits_match_transformers(tmp_path, arch):
         head_dim=16,
         max_position_embeddings=256,
         rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        rope_parameters=rope,
         tie_word_embeddings=True,
     )
     torch.manual_seed(0)
@@ -330,6 +334,10 @@ def test_qwen_gguf_logits_match_transformers(tmp_path, arch):
         w.add_head_count_kv(2)
         w.add_key_length(16)
         w.add_rope_freq_base(1000000.0)
+        if yarn:
+            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            w.add_rope_scaling_factor(4.0)
+            w.add_rope_scaling_orig_ctx_len(64)
         w.add_layer_norm_rms_eps(1e-6)
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("qwen2")
@@ -341,6 +349,7 @@ def test_qwen_gguf_logits_match_transformers(tmp_path, arch):
     path = write_gguf(tmp_path / f"tiny-{arch}.gguf", arch, kv, gguf_tensors)
     model = load_model(convert_gguf(path))
     assert model.config.attn_bias == (arch == "qwen2") and model.config.norm_qk == (arch == "qwen3")
+    assert (model.config.rope_scaling or {}).get("type") == ("yarn" if yarn else None)
     idx = torch.randint(0, len(tokens), (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(model(idx), hf(idx).logits, rtol=1e-4, atol=1e-4)

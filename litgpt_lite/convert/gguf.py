@@ -335,12 +335,28 @@ def _common_config(meta: dict[str, Any], arch: str, tensors: dict[str, Any]) -> 
     )
     if rope_dims != head_size:
         conf["rotary_percentage"] = rope_dims / head_size
-    scaling = meta.get(f"{arch}.rope.scaling.type")
-    if scaling == "linear":
-        conf["rope_scaling"] = {"type": "linear", "factor": float(_need(meta, f"{arch}.rope.scaling.factor"))}
-    elif scaling not in (None, "none"):
-        raise UserError(f"GGUF RoPE scaling {scaling!r} is not supported (linear is, and Llama 3's rope_freqs)")
+    conf.update(_rope_scaling(meta, arch))
     return conf
+
+
+def _rope_scaling(meta: dict[str, Any], arch: str) -> dict[str, Any]:
+    """`{arch}.rope.scaling.*` as our rope_scaling (linear, or YaRN as Qwen 2.5's long-context files carry it)."""
+    kind = meta.get(f"{arch}.rope.scaling.type")
+    if kind in (None, "none"):
+        return {}
+    if kind not in ("linear", "yarn"):
+        raise UserError(f"GGUF RoPE scaling {kind!r} is not supported (linear, yarn and Llama 3's rope_freqs are)")
+    scaling: dict[str, Any] = {"type": kind, "factor": float(_need(meta, f"{arch}.rope.scaling.factor"))}
+    if kind == "yarn":
+        optional = {
+            "original_context_length": "original_max_position_embeddings",
+            "yarn_beta_fast": "beta_fast",
+            "yarn_beta_slow": "beta_slow",
+        }
+        for key, ours in optional.items():
+            if f"{arch}.rope.scaling.{key}" in meta:
+                scaling[ours] = meta[f"{arch}.rope.scaling.{key}"]
+    return {"rope_scaling": scaling}
 
 
 def _llama_config(meta: dict[str, Any], conf: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
