@@ -48,6 +48,9 @@ class DataModule:
         """Tokenize (or open) the data and return the train and validation sample sets."""
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Cheap checks (files exist) run before any process starts; errors are UserErrors."""
+
     def to_config(self) -> dict[str, Any]:
         """{class_path, init_args}: what `--data` in a hyperparameters.yaml rebuilds this module from."""
         params = inspect.signature(type(self).__init__).parameters

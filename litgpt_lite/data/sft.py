@@ -97,7 +97,8 @@ class SFTDataModule(DataModule):
             n_val = max(1, round(len(train) * self.val_split_fraction))
             train, val = train[n_val:], train[:n_val]
         if not train:
-            raise UserError("The training set is empty after splitting off validation: add records")
+            why = "; ".join(notes) if notes else "every record went to validation"
+            raise UserError(f"The training set is empty ({why}): add records or raise --train.max_seq_length")
         if self.packing:
             order = list(range(len(train)))
             random.Random(ctx.seed + 1).shuffle(order)  # pack a shuffled order so rows mix sources
@@ -169,6 +170,12 @@ class JSON(SFTDataModule):
         self.json_path = Path(json_path)
         self.mask_prompt, self.val_split_fraction = mask_prompt, val_split_fraction
         self.prompt_style, self.packing = prompt_style, packing
+
+    def check(self) -> None:
+        if not self.json_path.exists():
+            raise UserError(f"Data file {self.json_path} does not exist: pass an existing .json or .jsonl file")
+        if not 0 <= self.val_split_fraction < 1:
+            raise UserError(f"val_split_fraction must be in [0, 1), got {self.val_split_fraction}")
 
     def _files(self) -> tuple[Path, Path | None]:
         if not self.json_path.is_dir():

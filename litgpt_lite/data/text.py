@@ -73,6 +73,11 @@ class TokenShardData(DataModule):
     def __init__(self, path: Path, val_split_fraction: float = 0.01) -> None:
         self.path, self.val_split_fraction = Path(path), val_split_fraction
 
+    def check(self) -> None:
+        from litgpt_lite.data.shards import TokenShards
+
+        TokenShards(self.path)
+
     def build(self, ctx: DataContext) -> Splits:
         from litgpt_lite.data.shards import TokenShards
 
@@ -101,6 +106,9 @@ class TextFiles(DataModule):
     def __init__(self, train_data_path: Path, val_split_fraction: float = 0.05, cache_dir: Path | None = None) -> None:
         self.train_data_path, self.val_split_fraction = Path(train_data_path), val_split_fraction
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+
+    def check(self) -> None:
+        self._files()
 
     def build(self, ctx: DataContext) -> Splits:
         from litgpt_lite.data.shards import TokenShards

@@ -8,6 +8,7 @@ numbers (a packed batch has the same loss as the same samples unpacked; 2 proces
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -39,6 +40,7 @@ class FitArgs:
     sample: Callable[[torch.nn.Module], str | None] | None = None  # one generation at each validation
     flops_per_token: float | None = None
     peak_flops: float | None = None  # per device; None where unknown (CPU)
+    split_head: bool = True  # run the head outside the model's forward, on loss positions only (not under FSDP)
     history: list[dict] = field(default_factory=list)  # per-step metrics of this process (tests read it)
 
 
@@ -75,18 +77,26 @@ def micro_batches(dataset, indices: list[int], rank: int, world: int, micro: int
 
 
 # ---------------------------------------------------------------- loss
-def loss_sum(fabric, model, batch: dict[str, torch.Tensor], chunk: int = 0) -> torch.Tensor:
-    """Sum of token cross-entropies over the batch's target tokens (float32)."""
+def loss_sum(fabric, model, batch: dict[str, torch.Tensor], chunk: int = 0, split_head: bool = True) -> torch.Tensor:
+    """Sum of token cross-entropies over the batch's target tokens (float32).
+
+    With `split_head`, the model returns hidden states and the head runs only on positions that carry a loss (a
+    masked prompt costs no vocabulary projection); with `chunk`, it runs `chunk` target tokens at a time and each
+    chunk's logits are recomputed in backward, so the full-vocabulary logits are never all alive.
+    """
     x, y = batch["input_ids"], batch["labels"]
     segments = batch.get("segment_ids")
-    if not chunk:
+    if not split_head:
         logits = model(x, segment_ids=segments)
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
     hidden = model(x, segment_ids=segments, return_hidden=True)  # (B, T, C)
+    keep = y != IGNORE_INDEX
+    hidden, targets = hidden[keep], y[keep]  # (N, C), (N,)
     head = _head(model)
+    if not chunk:
+        return _chunk_loss(head, fabric, hidden, targets)
     total = hidden.new_zeros((), dtype=torch.float32)
-    for h, t in zip(hidden.split(chunk, dim=1), y.split(chunk, dim=1)):
-        # Recompute each chunk's logits in backward, so at most one chunk of full-vocab logits is alive at a time.
+    for h, t in zip(hidden.split(chunk), targets.split(chunk)):
         total = total + torch.utils.checkpoint.checkpoint(_chunk_loss, head, fabric, h, t, use_reentrant=False)
     return total
 
@@ -97,9 +107,9 @@ def _head(model) -> Callable:
 
 
 def _chunk_loss(head, fabric, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    with fabric.autocast():
+    with fabric.autocast() if fabric is not None else contextlib.nullcontext():
         logits = head(hidden)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
 def count_targets(batches: list[dict[str, torch.Tensor]]) -> int:
@@ -130,7 +140,7 @@ def fit(fabric, model, optimizer, scheduler, train_data, val_data, args: FitArgs
         for i, batch in enumerate(batches):
             batch = {k: fabric.to_device(v) for k, v in batch.items()}
             with fabric.no_backward_sync(model, enabled=i < accum - 1):
-                s = loss_sum(fabric, model, batch, t.chunked_ce)
+                s = loss_sum(fabric, model, batch, t.chunked_ce, args.split_head)
                 # DDP/FSDP average gradients over ranks, so scale by world size: the result is sum / targets.
                 fabric.backward(s * fabric.world_size / targets)
             step_loss += s.detach().float().cpu()
@@ -183,7 +193,7 @@ def validate(fabric, model, val_data, args: FitArgs) -> float:
         keep = b < n_batches
         idx = list(range(b * mb, min((b + 1) * mb, len(val_data)))) if keep else list(range(min(mb, len(val_data))))
         batch = {k: fabric.to_device(v) for k, v in collate([val_data[i] for i in idx], args.pad_id).items()}
-        s = float(loss_sum(fabric, model, batch, args.train.chunked_ce))
+        s = float(loss_sum(fabric, model, batch, args.train.chunked_ce, args.split_head))
         if keep:
             total += s
             count += count_targets([batch])

@@ -76,6 +76,9 @@ def check_inputs(run: Run) -> None:
         raise UserError(f"Unknown --strategy {run.strategy!r}: choose auto, ddp or fsdp")
     if run.fsdp_cpu_offload and not torch.cuda.is_available():
         raise UserError("--fsdp_cpu_offload moves GPU shards to CPU memory: it needs CUDA")
+    if not hasattr(run.data, "build"):
+        raise UserError(f"--data must be a data module (JSON, Chat, Instructions, TextFiles, ...), got {run.data!r}")
+    run.data.check()
     name, init_args = split_spec(run.optimizer)
     check_init_args(resolve_optimizer_class(name), init_args)
     if run.checkpoint_dir is not None:
@@ -177,6 +180,8 @@ def _main(fabric, run: Run) -> None:
 
     fabric.seed_everything(run.seed, verbose=False)
     sharded = is_sharded(fabric)
+    if sharded and run.train.chunked_ce:
+        raise UserError("--train.chunked_ce runs the head outside the sharded forward: drop it with --strategy fsdp")
     resume_from = resolve_resume(run.resume, run.out_dir)
     tokenizer = _tokenizer(run)
     config = run.model_config if run.model_config is not None else _load_config(run.checkpoint_dir)
@@ -260,9 +265,11 @@ def _max_seq_length(train: TrainArgs, config) -> int:
     if train.max_seq_length is None:
         return config.block_size
     if train.max_seq_length > config.block_size:
-        raise UserError(
-            f"--train.max_seq_length {train.max_seq_length} exceeds the model's block_size {config.block_size}"
+        print(
+            f"note: --train.max_seq_length {train.max_seq_length} exceeds the model's context; using its "
+            f"block_size {config.block_size}"
         )
+        return config.block_size
     return train.max_seq_length
 
 

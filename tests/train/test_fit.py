@@ -182,7 +182,10 @@ def test_hyperparameters_yaml_reproduces_the_run(tiny_ckpt, tmp_path):
     assert saved["data"]["class_path"] == "litgpt_lite.data.sft.Instructions"
     assert (tmp_path / "a" / "final" / "hyperparameters.yaml").is_file()
 
+    from jsonargparse import ActionConfigFile
+
     parser = ArgumentParser()
+    parser.add_argument("--config", action=ActionConfigFile)
     parser.add_function_arguments(finetune_full, as_positional=True)
     cfg = parser.parse_args(
         ["--config", str(tmp_path / "a" / "hyperparameters.yaml"), "--out_dir", str(tmp_path / "b")]

@@ -1,0 +1,107 @@
+"""Packing, chunked cross-entropy, loss-positions-only head and activation checkpointing change memory or speed,
+never the numbers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from train_helpers import tiny_config
+
+from litgpt_lite.data.base import IGNORE_INDEX, PackedRows, SampleList, collate
+from litgpt_lite.model import GPT
+from litgpt_lite.train.loop import count_targets, loss_sum
+from litgpt_lite.train.runtime import checkpoint_blocks
+
+
+def _samples(n: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = rng.randint(5, 30)
+        ids = [rng.randrange(1, 1024) for _ in range(length)]
+        prompt = rng.randint(1, length - 2)
+        labels = [IGNORE_INDEX] * prompt + [rng.randrange(1, 1024) for _ in range(length - prompt)]
+        out.append((ids, labels))
+    return out
+
+
+def _model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(tiny_config()).double()
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_packed_loss_equals_unpacked_loss():
+    samples = _samples(12)
+    model = _model()
+    unpacked = SampleList(samples)
+    batch = collate([unpacked[i] for i in range(len(unpacked))])
+    loss_u = loss_sum(None, model, batch) / count_targets([batch])
+    loss_u.backward()
+    grads_u = _grads(model)
+    model.zero_grad()
+
+    packed = PackedRows(samples, row_length=64)
+    assert len(packed) < len(samples) / 2  # really packed
+    rows = collate([packed[i] for i in range(len(packed))])
+    loss_p = loss_sum(None, model, rows) / count_targets([rows])
+    loss_p.backward()
+    assert count_targets([rows]) == count_targets([batch])
+    torch.testing.assert_close(loss_p, loss_u, rtol=1e-10, atol=1e-10)
+    for name, g in _grads(model).items():
+        torch.testing.assert_close(g, grads_u[name], rtol=1e-8, atol=1e-10)
+
+
+def test_attention_never_crosses_a_packed_sample():
+    """Changing one sample's tokens leaves every other sample's logits in the row unchanged."""
+    samples = _samples(6, seed=3)
+    model = _model().eval()
+    packed = PackedRows(samples, row_length=128)
+    row = packed[0]
+    seg = row["segment_ids"]
+    assert int(seg.max()) >= 2
+    x = row["input_ids"].clone()[None]
+    altered = x.clone()
+    altered[0, seg == 0] = 7  # rewrite the first sample
+    a = model(x, segment_ids=seg[None])
+    b = model(altered, segment_ids=seg[None])
+    others = (seg != 0) & (seg < int(seg.max()))
+    torch.testing.assert_close(a[0, others], b[0, others])
+    # and a packed sample's logits equal the same sample run alone (positions restart per sample)
+    second = seg == 1
+    alone = model(x[0, second][None])
+    torch.testing.assert_close(a[0, second], alone[0], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("chunk", [0, 7])
+def test_head_on_loss_positions_and_chunked_ce_match_the_full_logits(chunk):
+    samples = _samples(4, seed=5)
+    batch = collate([SampleList(samples)[i] for i in range(4)])
+    model = _model()
+    full = loss_sum(None, model, batch, split_head=False)
+    full.backward()
+    reference = _grads(model)
+    model.zero_grad()
+    lever = loss_sum(None, model, batch, chunk=chunk, split_head=True)
+    lever.backward()
+    # the cross-entropy runs in float32 (as in training), summed in a different order: float32 tolerance
+    torch.testing.assert_close(lever, full, rtol=1e-6, atol=1e-6)
+    for name, g in _grads(model).items():
+        torch.testing.assert_close(g, reference[name], rtol=1e-5, atol=1e-7)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    batch = collate([SampleList(_samples(4, seed=9))[i] for i in range(4)])
+    plain, checkpointed = _model(), _model()
+    checkpoint_blocks(checkpointed)
+    loss_sum(None, plain, batch).backward()
+    loss_sum(None, checkpointed, batch).backward()
+    reference = _grads(plain)
+    assert set(checkpointed.state_dict()) == set(plain.state_dict())  # keys unchanged: checkpoints stay portable
+    for name, g in _grads(checkpointed).items():
+        torch.testing.assert_close(g, reference[name], rtol=1e-10, atol=1e-12)
