@@ -732,3 +732,36 @@ def test_incomplete_or_foreign_tensors_fail_before_dequantizing(tmp_path):
     with pytest.raises(UserError, match="blk.0.ffn_gate_inp.weight has no counterpart"):
         convert_gguf(foreign)
     assert not (tmp_path / "incomplete").exists() and not (tmp_path / "foreign").exists()
+
+
+def test_tokenizer_bos_defaults_and_unsupported_vocabularies():
+    from tokenizers import Tokenizer
+
+    from litgpt_lite.convert.gguf_tokenizer import tokenizer_files
+
+    tokens, merges, types = _byte_level_vocab()
+    meta = {
+        "general.architecture": "llama",
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.bos_token_id": len(tokens) - 3,
+    }
+
+    def first_id(extra: dict) -> int:
+        files = tokenizer_files({**meta, **extra})
+        return Tokenizer.from_str(files["tokenizer.json"]).encode("the").ids[0]
+
+    bos = len(tokens) - 3
+    assert first_id({"tokenizer.ggml.pre": "llama-bpe"}) == bos  # llama.cpp adds BOS for Llama 3 by default
+    assert first_id({"tokenizer.ggml.pre": "qwen2"}) != bos  # and not for other byte-level vocabularies
+    assert first_id({"tokenizer.ggml.pre": "qwen2", "tokenizer.ggml.add_bos_token": True}) == bos
+    with pytest.raises(UserError, match="pre-tokenizer 'mystery' is not supported"):
+        tokenizer_files({**meta, "tokenizer.ggml.pre": "mystery"})
+    with pytest.raises(UserError, match="says to add a eos token but names none"):
+        tokenizer_files({**meta, "tokenizer.ggml.add_eos_token": True})
+    with pytest.raises(UserError, match="tokenizer model 'rwkv' is not supported"):
+        tokenizer_files({**meta, "tokenizer.ggml.model": "rwkv"})
+    with pytest.raises(UserError, match="has no tokenizer"):
+        tokenizer_files({"general.architecture": "llama"})

@@ -64,10 +64,7 @@ def tokenizer_files(meta: dict[str, Any]) -> dict[str, str]:
         raise UserError(f"GGUF tokenizer model {kind!r} is not supported (gpt2 and llama are)")
     _add_special_tokens(tok, meta)
     ids = special_token_ids(meta)
-    add_bos, add_eos = _adds_bos_eos(meta)
-    for flag, which in ((add_bos, "bos"), (add_eos, "eos")):
-        if flag and which not in ids:
-            raise UserError(f"The GGUF says to add a {which} token but names none (tokenizer.ggml.{which}_token_id)")
+    add_bos, add_eos = _adds_bos_eos(meta, ids)
     tok.post_processor = _post_processor(tokens, ids, add_bos, add_eos, byte_level=kind == "gpt2")
     config = _tokenizer_config(meta, ids, add_bos, add_eos)
     generation = {f"{k}_token_id": i for k, i in ids.items() if k in ("bos", "eos", "pad")}
@@ -205,14 +202,17 @@ def _add_special_tokens(tok, meta: dict[str, Any]) -> None:
     tok.add_tokens(plain)
 
 
-def _adds_bos_eos(meta: dict[str, Any]) -> tuple[bool, bool]:
-    """llama.cpp's defaults when the GGUF does not say: BOS for SentencePiece and Llama-3 vocabularies, never EOS."""
-    default_bos = meta.get("tokenizer.ggml.model") == "llama" or PRE_TOKENIZERS.get(meta.get("tokenizer.ggml.pre")) == (
-        "llama3"
-    )
-    add_bos = meta.get("tokenizer.ggml.add_bos_token")
-    add_eos = meta.get("tokenizer.ggml.add_eos_token")
-    return (default_bos if add_bos is None else bool(add_bos)), bool(add_eos)
+def _adds_bos_eos(meta: dict[str, Any], ids: dict[str, int]) -> tuple[bool, bool]:
+    """What the GGUF says, else llama.cpp's defaults: BOS for SentencePiece and Llama-3 vocabularies, never EOS."""
+    style = PRE_TOKENIZERS.get(meta.get("tokenizer.ggml.pre") or "default")
+    defaults = {"bos": meta.get("tokenizer.ggml.model") == "llama" or style == "llama3", "eos": False}
+    out = []
+    for which in ("bos", "eos"):
+        said = meta.get(f"tokenizer.ggml.add_{which}_token")
+        if said and which not in ids:
+            raise UserError(f"The GGUF says to add a {which} token but names none (tokenizer.ggml.{which}_token_id)")
+        out.append(bool(said) if said is not None else defaults[which] and which in ids)
+    return out[0], out[1]
 
 
 def _post_processor(tokens: list[str], ids: dict[str, int], add_bos: bool, add_eos: bool, byte_level: bool):
