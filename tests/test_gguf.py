@@ -547,6 +547,12 @@ def test_gemma3_gguf_logits_match_transformers(tmp_path, spm_model):
     with torch.no_grad():
         torch.testing.assert_close(model(idx), hf(idx).logits, rtol=1e-4, atol=1e-4)
 
+    # bf16: the +1 comes off in float32 first, so the norms round like HF's own weights do
+    half = load_model(convert_gguf(path, out_dir=tmp_path / "bf16", dtype="bf16"))
+    ours = half.transformer.h[0].post_attention_norm.weight
+    theirs = hf.model.layers[0].post_attention_layernorm.weight.to(torch.bfloat16)
+    assert ours.dtype == torch.bfloat16 and (ours == theirs).float().mean() > 0.95
+
 
 @pytest.mark.parametrize("space_prefix", [False, True], ids=["gemma-no-prefix", "llama-space-prefix"])
 def test_sentencepiece_vocab_tokenizes_like_sentencepiece(tmp_path, spm_model, space_prefix):

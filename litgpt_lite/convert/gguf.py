@@ -235,17 +235,24 @@ def is_gguf_file(path: str | Path) -> bool:
         return f.read(4) == b"GGUF"
 
 
-def read_tensor(tensor: GGUFTensor) -> Any:
-    """One GGUF tensor dequantized to a float32 torch tensor in PyTorch's (out, in) layout."""
+def read_tensor(tensor: GGUFTensor, dtype: Any = None) -> Any:
+    """One GGUF tensor dequantized to a torch tensor (float32 unless `dtype`) in PyTorch's (out, in) layout.
+
+    Dequantizes 4096 rows at a time, so a 262k-row embedding never sits in memory as float32 next to its copy.
+    """
     import numpy as np
     import torch
     from gguf.quants import dequantize
 
     shape = tuple(reversed(tensor.shape))  # GGUF lists dimensions innermost first
-    values = np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(shape)
-    if not values.flags.writeable:  # F32 tensors come back as views of the read-only memory map
-        values = values.copy()
-    return torch.from_numpy(values)
+    rows, columns = tensor.data.shape[0], tensor.shape[0] if tensor.shape else 1
+    out = torch.empty(rows, columns, dtype=dtype or torch.float32)
+    for start in range(0, rows, 4096):
+        block = np.asarray(dequantize(tensor.data[start : start + 4096], tensor.tensor_type), dtype=np.float32)
+        if not block.flags.writeable:  # F32 comes back as a view of the read-only memory map
+            block = block.copy()
+        out[start : start + 4096] = torch.from_numpy(block.reshape(-1, columns))
+    return out.reshape(shape)
 
 
 def _check_tensor_types(tensors: dict[str, Any], path: Path) -> None:
@@ -439,8 +446,8 @@ def _write_weights(target: Path, config, tensors: dict[str, Any], dtype, source:
     writer = SafetensorsWriter(target)
     try:
         progress = tqdm(list(tensors.values()), desc=f"convert {Path(source).name}", unit="tensor", disable=None)
-        for name, tensor in lit_tensors(progress, config):
-            writer.add(name, tensor.to(dtype))
+        for name, tensor in lit_tensors(progress, config, dtype):
+            writer.add(name, tensor)
     except BaseException:
         writer.abort()
         raise
@@ -492,8 +499,11 @@ def lit_name(gguf_name: str, config) -> tuple[str | None, str | None]:
     return f"transformer.h.{match.group(1)}.{names[kind]}.weight", None
 
 
-def lit_tensors(tensors, config) -> Iterator[tuple[str, Any]]:
-    """(our name, dequantized tensor) for GGUF tensors, in file order; q/k/v are fused once a layer has all three."""
+def lit_tensors(tensors, config, dtype: Any = None) -> Iterator[tuple[str, Any]]:
+    """(our name, tensor dequantized to `dtype`, default float32) for GGUF tensors, in file order.
+
+    q/k/v are fused once a layer has all three.
+    """
     import torch
 
     arch = _GGUF_ARCH[config.architecture]
@@ -502,9 +512,12 @@ def lit_tensors(tensors, config) -> Iterator[tuple[str, Any]]:
         name, part = lit_name(t.name, config)
         if name is None:
             continue
-        weight = read_tensor(t)
         if arch == "gemma3" and t.name.endswith("norm.weight"):
-            weight = weight - 1.0  # llama.cpp stores Gemma's (1 + w); our RMSNorm adds the 1 itself
+            # llama.cpp stores Gemma's (1 + w); our RMSNorm adds the 1 itself. Subtract in float32: in bf16, 1 + w
+            # has already lost w's low bits
+            weight = (read_tensor(t) - 1.0).to(dtype or torch.float32)
+        else:
+            weight = read_tensor(t, dtype)
         if part is None:
             yield name, weight
             continue
