@@ -263,12 +263,16 @@ def _load_model(checkpoint_dir: Path, device: torch.device, dtype: str | None, q
     torch_dtype = precision_dtype(dtype, device)
     try:
         from litgpt_lite.quantize import load_model_for_inference
-    except ImportError:  # quantization support not in this tree yet
+    except ImportError:  # not written yet: load through the pieces quantize.py and checkpoint.py offer today
         load_model_for_inference = None
     if load_model_for_inference is not None:
         return load_model_for_inference(checkpoint_dir, device=device, dtype=torch_dtype, quantize=quantize)
+    from litgpt_lite import quantize as q
+
     if quantize:
-        raise UserError(f"--quantize {quantize} needs litgpt_lite.quantize and bitsandbytes, which are unavailable")
+        return q.load_quantized_model(checkpoint_dir, quantize, device=device, dtype=torch_dtype)
+    if (Path(checkpoint_dir) / q.QUANTIZE_YAML).is_file():  # written by `litgpt_lite quantize`
+        return q.load_prequantized_model(checkpoint_dir, device=device, dtype=torch_dtype)
     from litgpt_lite.checkpoint import load_model
 
     return load_model(checkpoint_dir, device=device, dtype=torch_dtype)
@@ -319,7 +323,7 @@ def evaluate(
     from litgpt_lite.checkpoint import validate_checkpoint_dir
     from litgpt_lite.precision import normalize_precision, resolve_device
 
-    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
+    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir, need_weights=not _prequantized(checkpoint_dir))
     if include_path is not None and not Path(include_path).is_dir():
         raise UserError(f"--include_path {include_path} is not a directory of task YAMLs")
     names = _parse_tasks(tasks)
@@ -371,3 +375,8 @@ def _report(results: dict, out_dir: Path) -> None:
     saved = {k: v for k, v in results.items() if k != "samples"}
     path.write_text(json.dumps(saved, indent=2, default=handle_non_serializable, ensure_ascii=False))
     print(f"Saved {path}")
+
+
+def _prequantized(checkpoint_dir: Path) -> bool:
+    """A checkpoint written by `litgpt_lite quantize` holds quantized weights instead of lit_model.safetensors."""
+    return (Path(checkpoint_dir) / "quantize.yaml").is_file()

@@ -60,6 +60,18 @@ class _Body(BaseModel):
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    # accepted so the error can say what is unsupported, instead of silently ignoring the request
+    logprobs: bool | int | None = None
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    def check_supported(self) -> None:
+        if self.logprobs:
+            raise RequestError("logprobs are not supported by this server", param="logprobs")
+        if self.tools:
+            raise RequestError("tools (function calling) are not supported by this server", param="tools")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise RequestError("only response_format type 'text' is supported", param="response_format")
 
 
 class _TextPart(BaseModel):
@@ -214,9 +226,11 @@ class OpenAIServeSpec(LitSpec):
         if not isinstance(data, dict):
             raise RequestError("The request body must be a JSON object", code="invalid_json")
         try:
-            return body_type.model_validate(data)
+            body = body_type.model_validate(data)
         except ValidationError as e:
             raise RequestError(_validation_message(e), code="invalid_request") from None
+        body.check_supported()
+        return body
 
     def _prompts(self, body: _Body, chat: bool) -> list[list[int]]:
         """Token ids of each prompt (one for chat; one per string for completions), checked against the context."""
@@ -517,12 +531,16 @@ def load_inference_model(checkpoint_dir: Path, device, precision: str | None = N
     dtype = precision_dtype(precision, device)
     try:
         from litgpt_lite.quantize import load_model_for_inference
-    except ImportError:  # quantization support not installed in this tree
+    except ImportError:  # not written yet: load through the pieces quantize.py and checkpoint.py offer today
         load_model_for_inference = None
     if load_model_for_inference is not None:
         return load_model_for_inference(checkpoint_dir, device=device, dtype=dtype, quantize=quantize)
+    from litgpt_lite import quantize as q
+
     if quantize:
-        raise UserError(f"--quantize {quantize} needs litgpt_lite.quantize and bitsandbytes, which are unavailable")
+        return q.load_quantized_model(checkpoint_dir, quantize, device=device, dtype=dtype)
+    if (Path(checkpoint_dir) / q.QUANTIZE_YAML).is_file():  # written by `litgpt_lite quantize`
+        return q.load_prequantized_model(checkpoint_dir, device=device, dtype=dtype)
     from litgpt_lite.checkpoint import load_model
 
     return load_model(checkpoint_dir, device=device, dtype=dtype)
@@ -565,14 +583,12 @@ def serve(
     from litgpt_lite.checkpoint import validate_checkpoint_dir
     from litgpt_lite.generate import SamplingParams
 
-    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
+    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir, need_weights=not _prequantized(checkpoint_dir))
+    host = "127.0.0.1" if host == "localhost" else host
     _check_serve_args(host, port, max_batch_size, batch_timeout, workers_per_device)
     SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p).validate()
     accelerator, devices = _accelerator(devices)
-    if precision is not None:  # fail on a bad name now, not in a worker
-        from litgpt_lite.precision import normalize_precision
-
-        normalize_precision(precision)
+    _check_model_args(precision, quantize)
     defaults = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
     spec = OpenAIServeSpec(checkpoint_dir, defaults, api_key)
     api = GenerationAPI(
@@ -593,6 +609,10 @@ def serve(
         server.run(host=host, port=port, generate_client_file=False, log_level="warning")
     except KeyboardInterrupt:
         pass
+    except RuntimeError as e:
+        if "workers failed to start" not in str(e):
+            raise
+        raise UserError("The inference worker could not load the model: its error is printed above") from None
     finally:
         # LitServe's worker monitor thread notices the stopped manager only after run() returns; its traceback
         # would be noise, not news.
@@ -611,6 +631,18 @@ def _check_serve_args(host: str, port: int, max_batch_size: int, batch_timeout: 
         raise UserError(f"--batch_timeout must be >= 0 seconds, got {batch_timeout}")
     if workers < 1:
         raise UserError(f"--workers_per_device must be >= 1, got {workers}")
+
+
+def _check_model_args(precision: str | None, quantize: str | None) -> None:
+    """Fail on a bad precision or quantization mode here, not later inside a worker process."""
+    from litgpt_lite.precision import normalize_precision
+
+    normalize_precision(precision)
+    if quantize is not None:
+        from litgpt_lite.quantize import check_mode, import_bitsandbytes
+
+        check_mode(quantize)
+        import_bitsandbytes()
 
 
 def _accelerator(devices: int | str) -> tuple[str, int | str]:
@@ -661,3 +693,8 @@ def _is_resource_tracker(process) -> bool:
         return any("resource_tracker" in part for part in process.cmdline())
     except psutil.Error:
         return False
+
+
+def _prequantized(checkpoint_dir: Path) -> bool:
+    """A checkpoint written by `litgpt_lite quantize` holds quantized weights instead of lit_model.safetensors."""
+    return (Path(checkpoint_dir) / "quantize.yaml").is_file()

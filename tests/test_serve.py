@@ -216,6 +216,7 @@ def _post(server: Server, path: str, **kwargs) -> requests.Response:
         b'{"messages": [{"role": "wizard", "content": "hi"}]}',
         b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
         b"[1, 2]",
+        b'{"messages": [{"role": "user", "content": "hi"}], "logprobs": true}',  # unsupported: said, not ignored
     ],
 )
 def test_bad_requests_get_openai_errors(server, body):

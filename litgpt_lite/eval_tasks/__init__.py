@@ -1,0 +1,1 @@
+"""Bundled lm-eval tasks (YAML + JSONL) that run offline; `litgpt_lite evaluate` always includes them."""
