@@ -525,6 +525,7 @@ def _gemma3_hf_and_gguf(tmp_path: Path, sp, add_space_prefix: bool = False):
         w.add_add_eos_token(False)
         w.add_add_space_prefix(add_space_prefix)
         w.add_chat_template("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['content'] }}{% endfor %}")
+        w.add_eot_token_id(tokens.index("<end_of_turn>"))
 
     path = write_gguf(tmp_path / "tiny-gemma3.gguf", "gemma3", kv, gguf_tensors)
     return hf, path, tokens
@@ -572,6 +573,13 @@ def test_sentencepiece_vocab_tokenizes_like_sentencepiece(tmp_path, spm_model, s
     config = json.loads((out / "tokenizer_config.json").read_text())
     assert (config["bos_token"], config["eos_token"], config["pad_token"]) == ("<bos>", "<eos>", "<pad>")
     assert config["add_bos_token"] is True and "<start_of_turn>" in config["chat_template"]
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation == {"bos_token_id": 2, "eos_token_id": [1, tokens.index("<end_of_turn>")], "pad_token_id": 0}
+
+    from litgpt_lite.tokenizer import Tokenizer as LitTokenizer
+
+    lit = LitTokenizer(out)  # our own tokenizer reads the files: BOS added, both ids stop generation
+    assert lit.encode("hi")[0] == 2 and lit.stop_ids == {1, tokens.index("<end_of_turn>")}
 
 
 # ---------------------------------------------------------------- the real SmolLM2-135M-Instruct Q4_1 file

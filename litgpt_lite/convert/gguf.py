@@ -77,7 +77,7 @@ def convert_gguf(path: str | Path, out_dir: str | Path | None = None, dtype: str
     """Import the Llama, Gemma 3, Qwen 2 or Qwen 3 model in a GGUF file as a litgpt_lite checkpoint directory.
 
     Args:
-        path: the .gguf file.
+        path: the .gguf file (or a GGUF without the suffix, like Ollama's blobs).
         out_dir: the checkpoint directory to write; default: a directory next to the file named after its stem.
             An existing directory is replaced only when it is a checkpoint directory (has model_config.yaml).
         dtype: store the weights in this dtype (float32, bf16, fp16); default float32, which holds every
