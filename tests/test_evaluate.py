@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,8 @@ from lm_eval.api.instance import Instance
 
 from litgpt_lite.checkpoint import load_model, save_checkpoint
 from litgpt_lite.config import Config
-from litgpt_lite.evaluate import LitLM, materialize_bundled_tasks, task_manager_for
+from litgpt_lite.errors import UserError
+from litgpt_lite.evaluate import LitLM, evaluate, materialize_bundled_tasks, task_manager_for
 from litgpt_lite.model import GPT
 from litgpt_lite.tokenizer import Tokenizer
 
@@ -165,3 +167,14 @@ def test_smollm2_multiple_choice_parity_with_hflm(smollm2_hf, smollm2_lit):
     assert lls[0] == pytest.approx(lls[1], abs=1e-4)
     for metric in ("acc,none", "acc_norm,none"):
         assert runs[0]["results"]["litgpt_lite_mc"][metric] == runs[1]["results"]["litgpt_lite_mc"][metric]
+
+
+@pytest.mark.slow
+def test_listing_tasks_and_unknown_task(tiny_checkpoint, capsys):
+    """Both need lm-eval's full task index (~14k YAMLs), hence slow."""
+    evaluate(tiny_checkpoint)
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("litgpt_lite_mc", "litgpt_lite_ppl", "litgpt_lite_qa"))
+    assert int(re.search(r"and (\d+) tasks", out).group(1)) > 1000
+    with pytest.raises(UserError, match="Did you mean: litgpt_lite_mc"):
+        evaluate(tiny_checkpoint, tasks="litgpt_lite_mcq")
