@@ -50,13 +50,8 @@ def _q4_k_reference(raw: np.ndarray) -> np.ndarray:
         d, dmin = block[0:2].view(np.float16)[0], block[2:4].view(np.float16)[0]
         scales, qs = block[4:16].astype(np.int32), block[16:].astype(np.int32)
 
-        def scale_min(j: int, scales: np.ndarray = scales) -> tuple[int, int]:
-            if j < 4:
-                return scales[j] & 63, scales[j + 4] & 63
-            return (scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4), (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4)
-
         for j in range(4):  # 64 values per step: low nibbles, then high nibbles of 32 bytes
-            (s1, m1), (s2, m2) = scale_min(2 * j), scale_min(2 * j + 1)
+            (s1, m1), (s2, m2) = _k4_scale_min(scales, 2 * j), _k4_scale_min(scales, 2 * j + 1)
             q = qs[32 * j : 32 * j + 32]
             out += [float(d) * s1 * (v & 0xF) - float(dmin) * m1 for v in q]
             out += [float(d) * s2 * (v >> 4) - float(dmin) * m2 for v in q]
@@ -79,6 +74,74 @@ def _q6_k_reference(raw: np.ndarray) -> np.ndarray:
                 y[base + i + 64] = d * s[k + 4] * (((lo[i] >> 4) | (((hi[i] >> 4) & 3) << 4)) - 32)
                 y[base + i + 96] = d * s[k + 6] * (((lo[i + 32] >> 4) | (((hi[i] >> 6) & 3) << 4)) - 32)
         out += list(y)
+    return np.array(out, dtype=np.float32)
+
+
+def _k4_scale_min(scales: np.ndarray, j: int) -> tuple[int, int]:
+    """ggml's get_scale_min_k4: the j-th 6-bit scale and min packed in 12 bytes (Q4_K, Q5_K)."""
+    if j < 4:
+        return scales[j] & 63, scales[j + 4] & 63
+    return (scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4), (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4)
+
+
+def _q5_k_reference(raw: np.ndarray) -> np.ndarray:
+    """ggml's dequantize_row_q5_K (f16 d, f16 dmin, 12 scale bytes, 32 bytes of 5th bits, 128 bytes of nibbles)."""
+    out = []
+    for block in raw.reshape(-1, 176):
+        d, dmin = float(block[0:2].view(np.float16)[0]), float(block[2:4].view(np.float16)[0])
+        scales, qh, ql = block[4:16].astype(np.int32), block[16:48].astype(np.int32), block[48:].astype(np.int32)
+        for j in range(4):
+            (s1, m1), (s2, m2) = _k4_scale_min(scales, 2 * j), _k4_scale_min(scales, 2 * j + 1)
+            q = ql[32 * j : 32 * j + 32]
+            out += [d * s1 * ((v & 0xF) + (16 if h & (1 << 2 * j) else 0)) - dmin * m1 for v, h in zip(q, qh)]
+            out += [d * s2 * ((v >> 4) + (16 if h & (2 << 2 * j) else 0)) - dmin * m2 for v, h in zip(q, qh)]
+    return np.array(out, dtype=np.float32)
+
+
+def _q2_k_reference(raw: np.ndarray) -> np.ndarray:
+    """ggml's dequantize_row_q2_K (16 bytes of 4-bit scale/min pairs, 64 bytes of 2-bit values, f16 d, f16 dmin)."""
+    out = []
+    for block in raw.reshape(-1, 84):
+        scales, qs = block[:16].astype(np.int32), block[16:80].astype(np.int32)
+        d, dmin = float(block[80:82].view(np.float16)[0]), float(block[82:84].view(np.float16)[0])
+        k = 0
+        for half in range(2):
+            q = qs[32 * half : 32 * half + 32]
+            for shift in (0, 2, 4, 6):
+                for part in (q[:16], q[16:]):
+                    sc = scales[k]
+                    k += 1
+                    out += [d * (sc & 0xF) * ((v >> shift) & 3) - dmin * (sc >> 4) for v in part]
+    return np.array(out, dtype=np.float32)
+
+
+def _q3_k_reference(raw: np.ndarray) -> np.ndarray:
+    """ggml's dequantize_row_q3_K (32 bytes of high bits, 64 bytes of 2-bit values, 12 bytes of 6-bit scales, f16)."""
+    out = []
+    for block in raw.reshape(-1, 110):
+        hmask, qs, d = (
+            block[:32].astype(np.int32),
+            block[32:96].astype(np.int32),
+            float(block[108:110].view(np.float16)[0]),
+        )
+        aux = block[96:108].view("<u4").astype(np.int64)
+        tmp = aux[2]
+        packed = [
+            (aux[0] & 0x0F0F0F0F) | (((tmp >> 0) & 0x03030303) << 4),
+            (aux[1] & 0x0F0F0F0F) | (((tmp >> 2) & 0x03030303) << 4),
+            ((aux[0] >> 4) & 0x0F0F0F0F) | (((tmp >> 4) & 0x03030303) << 4),
+            ((aux[1] >> 4) & 0x0F0F0F0F) | (((tmp >> 6) & 0x03030303) << 4),
+        ]
+        scales = np.array(packed, dtype="<u4").view(np.int8).astype(np.int32)
+        k, m = 0, 1
+        for half in range(2):
+            q = qs[32 * half : 32 * half + 32]
+            for shift in (0, 2, 4, 6):
+                for lo in (0, 16):
+                    dl = d * (scales[k] - 32)
+                    k += 1
+                    out += [dl * (((q[lo + i] >> shift) & 3) - (0 if hmask[lo + i] & m else 4)) for i in range(16)]
+                m <<= 1
     return np.array(out, dtype=np.float32)
 
 
@@ -123,8 +186,14 @@ def test_dequantize_quantized_random_tensor(tmp_path, qtype, tolerance):
 
 @pytest.mark.parametrize(
     ("qtype", "block_bytes", "d_offsets", "reference"),
-    [(Q.Q4_K, 144, [0, 2], _q4_k_reference), (Q.Q6_K, 210, [208], _q6_k_reference)],
-    ids=["Q4_K", "Q6_K"],
+    [
+        (Q.Q2_K, 84, [80, 82], _q2_k_reference),
+        (Q.Q3_K, 110, [108], _q3_k_reference),
+        (Q.Q4_K, 144, [0, 2], _q4_k_reference),
+        (Q.Q5_K, 176, [0, 2], _q5_k_reference),
+        (Q.Q6_K, 210, [208], _q6_k_reference),
+    ],
+    ids=["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"],
 )
 def test_dequantize_k_quants_match_ggml_reference(tmp_path, qtype, block_bytes, d_offsets, reference):
     rng = np.random.default_rng(1)
