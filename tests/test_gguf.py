@@ -1,5 +1,6 @@
-"""GGUF import: dequantization per type, Llama and Gemma-3 parity with transformers on synthetic GGUF files, and the
-real SmolLM2-135M-Instruct Q4_1 file against the reference HF folder dequantized from it."""
+"""GGUF import: dequantization per type against ggml's reference code, Llama / Gemma 3 / Qwen parity with transformers
+on synthetic GGUF files, and the real SmolLM2-135M-Instruct Q4_1 file against the reference HF folder dequantized from
+it (same weights, same token ids, same greedy answer)."""
 
 from __future__ import annotations
 
@@ -805,7 +806,7 @@ def test_unsupported_tensor_type_fails_before_writing(tmp_path):
     assert not (tmp_path / "iq").exists()
 
 
-def test_out_dir_that_is_not_a_checkpoint_is_kept(tmp_path, spm_model):
+def test_out_dir_defaults_and_foreign_directories_are_kept(tmp_path, spm_model):
     _, path, _ = _gemma3_hf_and_gguf(tmp_path, spm_model)
     keep = tmp_path / "precious"
     keep.mkdir()
@@ -813,6 +814,11 @@ def test_out_dir_that_is_not_a_checkpoint_is_kept(tmp_path, spm_model):
     with pytest.raises(UserError, match="not a checkpoint directory"):
         convert_gguf(path, out_dir=keep)
     assert (keep / "notes.txt").read_text() == "mine"
+    blob = tmp_path / "sha256-0123abcd"  # how Ollama stores a model: no .gguf suffix
+    blob.write_bytes(path.read_bytes())
+    assert convert_gguf(blob) == tmp_path / "sha256-0123abcd-litgpt"
+    assert convert_gguf(path) == tmp_path / "tiny-gemma3"
+    assert convert_gguf(path) == tmp_path / "tiny-gemma3"  # converting again replaces our own checkpoint
 
 
 def test_incomplete_or_foreign_tensors_fail_before_dequantizing(tmp_path):
