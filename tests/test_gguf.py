@@ -626,6 +626,83 @@ def test_gemma3_gguf_logits_match_transformers(tmp_path, spm_model):
     assert ours.dtype == torch.bfloat16 and (ours == theirs).float().mean() > 0.95
 
 
+def test_gemma2_gguf_logits_match_transformers(tmp_path, spm_model):
+    """Gemma 2: local/global layers alternate, softcaps come from the GGUF, no q/k norms, 1 + w norms."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    tokens, scores, types = _spm_vocab(spm_model)
+    cfg = Gemma2Config(
+        vocab_size=len(tokens),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=4,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        attn_logit_softcapping=2.0,  # small caps, so that they bite on random weights
+        final_logit_softcapping=3.0,
+    )
+    assert cfg.layer_types == ["sliding_attention", "full_attention"] * 2
+    torch.manual_seed(0)
+    hf = Gemma2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.copy_(0.3 * torch.randn_like(p) if "norm" in name else 0.2 * torch.randn_like(p))
+    names = {
+        "input_layernorm.weight": "attn_norm.weight",
+        "post_attention_layernorm.weight": "post_attention_norm.weight",
+        "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+        "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+        "self_attn.q_proj.weight": "attn_q.weight",
+        "self_attn.k_proj.weight": "attn_k.weight",
+        "self_attn.v_proj.weight": "attn_v.weight",
+        "self_attn.o_proj.weight": "attn_output.weight",
+        "mlp.gate_proj.weight": "ffn_gate.weight",
+        "mlp.up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+    }
+    gguf_tensors = [
+        ("token_embd.weight", hf.model.embed_tokens.weight.detach().numpy(), None),
+        ("output_norm.weight", hf.model.norm.weight.detach().numpy() + 1.0, None),
+    ]
+    for key, value in hf.model.layers.state_dict().items():
+        i, rest = key.split(".", 1)
+        gguf_tensors.append((f"blk.{i}.{names[rest]}", value.numpy() + (1.0 if "norm" in rest else 0.0), None))
+
+    def kv(w: GGUFWriter) -> None:
+        w.add_context_length(128)
+        w.add_embedding_length(32)
+        w.add_block_count(4)
+        w.add_feed_forward_length(64)
+        w.add_head_count(2)
+        w.add_head_count_kv(1)
+        w.add_key_length(16)
+        w.add_layer_norm_rms_eps(1e-6)
+        w.add_sliding_window(4)
+        w.add_attn_logit_softcapping(2.0)
+        w.add_final_logit_softcapping(3.0)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_add_space_prefix(False)
+
+    path = write_gguf(tmp_path / "tiny-gemma2.gguf", "gemma2", kv, gguf_tensors)
+    model = load_model(convert_gguf(path))
+    c = model.config
+    assert (c.sliding_window_layers, c.attention_logit_softcapping, c.final_logit_softcapping) == ([0, 2], 2.0, 3.0)
+    assert not c.norm_qk and c.rope_local_base is None
+    idx = torch.randint(0, len(tokens), (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = hf(idx).logits
+        assert logits.abs().max() > 2.0  # the final cap is in play
+        torch.testing.assert_close(model(idx), logits, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("space_prefix", [False, True], ids=["gemma-no-prefix", "llama-space-prefix"])
 def test_sentencepiece_vocab_tokenizes_like_sentencepiece(tmp_path, spm_model, space_prefix):
     sp = _sentencepiece_model(add_dummy_prefix=True) if space_prefix else spm_model

@@ -1,4 +1,4 @@
-"""Import a GGUF file (llama.cpp, Ollama) as a litgpt_lite checkpoint directory: Llama, Gemma 3, Qwen 2/2.5 and Qwen 3.
+"""Import a GGUF file (llama.cpp, Ollama) as a litgpt_lite checkpoint directory: Llama, Gemma 2/3, Qwen 2/2.5, Qwen 3.
 
 The metadata becomes our `Config`, the tensors are dequantized one at a time (with `gguf.quants`) and renamed to
 ours, undoing what llama.cpp's converter did to them: the rotary permutation of Llama's q/k rows and the +1 folded
@@ -21,6 +21,7 @@ from litgpt_lite.errors import UserError
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
 }
@@ -42,16 +43,13 @@ _LAYER_NAMES = {
     "ffn_down": "mlp.proj",
 }
 _QK_NORM_NAMES = {"attn_q_norm": "attn.norm_q", "attn_k_norm": "attn.norm_k"}
+_GEMMA2_LAYER_NAMES = {**_LAYER_NAMES, "post_attention_norm": "post_attention_norm", "post_ffw_norm": "post_mlp_norm"}
 _ARCH_LAYER_NAMES = {
     "llama": _LAYER_NAMES,
     "qwen2": _LAYER_NAMES,
     "qwen3": {**_LAYER_NAMES, **_QK_NORM_NAMES},
-    "gemma3": {
-        **_LAYER_NAMES,
-        **_QK_NORM_NAMES,
-        "post_attention_norm": "post_attention_norm",
-        "post_ffw_norm": "post_mlp_norm",
-    },
+    "gemma2": _GEMMA2_LAYER_NAMES,
+    "gemma3": {**_GEMMA2_LAYER_NAMES, **_QK_NORM_NAMES},
 }
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _SKIPPED = {"rope_freqs.weight"}  # folded into Config.rope_scaling
@@ -74,7 +72,7 @@ def smollm2_gguf_path() -> Path:
 
 
 def convert_gguf(path: str | Path, out_dir: str | Path | None = None, dtype: str | None = None) -> Path:
-    """Import the Llama, Gemma 3, Qwen 2 or Qwen 3 model in a GGUF file as a litgpt_lite checkpoint directory.
+    """Import the Llama, Gemma 2/3 or Qwen 2/3 model in a GGUF file as a litgpt_lite checkpoint directory.
 
     Args:
         path: the .gguf file (or a GGUF without the suffix, like Ollama's blobs).
@@ -285,8 +283,8 @@ def config_from_gguf(meta: dict[str, Any], tensors: dict[str, Any], name: str):
     if arch not in ARCHITECTURES:
         raise UserError(f"GGUF architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
     conf = _common_config(meta, arch, tensors)
-    if arch == "gemma3":
-        conf.update(_gemma3_config(meta, conf))
+    if arch in ("gemma2", "gemma3"):
+        conf.update(_gemma_config(meta, conf, arch))
     elif arch == "llama":
         conf.update(_llama_config(meta, conf, tensors), attn_bias="blk.0.attn_q.bias" in tensors)
     elif arch == "qwen2":  # biases on q/k/v, none on the output projection
@@ -399,9 +397,15 @@ def _llama3_scaling(rope_freqs, conf: dict[str, Any]) -> dict[str, Any]:
     return scaling
 
 
-def _gemma3_config(meta: dict[str, Any], conf: dict[str, Any]) -> dict[str, Any]:
-    """Gemma 3's switches: what the GGUF carries, llama.cpp's built-in Gemma 3 values for what it does not."""
-    n_layer, head_size = conf["n_layer"], conf["head_size"]
+# llama.cpp's built-in values for what a Gemma GGUF does not carry: (global-layer period, layers of the 27B model,
+# softcaps); Gemma 2 interleaves local and global layers, Gemma 3 has five local layers per global one
+_GEMMA_DEFAULTS = {"gemma2": (2, 46, 50.0, 30.0), "gemma3": (6, 62, None, None)}
+
+
+def _gemma_config(meta: dict[str, Any], conf: dict[str, Any], arch: str) -> dict[str, Any]:
+    """Gemma 2/3's switches: what the GGUF carries, llama.cpp's built-in values for what it does not."""
+    period, layers_27b, attn_cap, final_cap = _GEMMA_DEFAULTS[arch]
+    n_layer = conf["n_layer"]
     out: dict[str, Any] = dict(
         mlp_class="GemmaMLP",
         gelu_approximate="tanh",
@@ -409,32 +413,34 @@ def _gemma3_config(meta: dict[str, Any], conf: dict[str, Any]) -> dict[str, Any]
         scale_embeddings=True,
         post_attention_norm=True,
         post_mlp_norm=True,
-        norm_qk=True,
-        rope_local_base=float(meta.get("gemma3.rope.freq_base_swa", 10000.0)),
-        attention_logit_softcapping=meta.get("gemma3.attn_logit_softcapping"),
-        final_logit_softcapping=meta.get("gemma3.final_logit_softcapping"),
+        attention_logit_softcapping=meta.get(f"{arch}.attn_logit_softcapping", attn_cap),
+        final_logit_softcapping=meta.get(f"{arch}.final_logit_softcapping", final_cap),
     )
-    if "gemma3.attention.scale" in meta:  # scale = 1/sqrt(query_pre_attn_scalar)
-        out["attention_scores_scalar"] = 1.0 / float(meta["gemma3.attention.scale"]) ** 2
-    elif n_layer == 62:  # Gemma 3 27B: llama.cpp (like HF's config) scales by n_embd / n_head, not the head size
+    if arch == "gemma3":
+        out.update(norm_qk=True, rope_local_base=float(meta.get("gemma3.rope.freq_base_swa", 10000.0)))
+    if f"{arch}.attention.scale" in meta:  # scale = 1/sqrt(query_pre_attn_scalar)
+        out["attention_scores_scalar"] = 1.0 / float(meta[f"{arch}.attention.scale"]) ** 2
+    elif n_layer == layers_27b:  # the 27B models scale by n_embd / n_head, not by the head size (as llama.cpp does)
         out["attention_scores_scalar"] = conf["n_embd"] // conf["n_head"]
     else:
-        out["attention_scores_scalar"] = head_size
-    window = meta.get("gemma3.attention.sliding_window")
+        out["attention_scores_scalar"] = conf["head_size"]
+    window = meta.get(f"{arch}.attention.sliding_window")
     if window:
+        pattern = meta.get(f"{arch}.attention.sliding_window_pattern", period)
         out["sliding_window_size"] = int(window)
-        out["sliding_window_layers"] = _sliding_layers(meta.get("gemma3.attention.sliding_window_pattern"), n_layer)
+        out["sliding_window_layers"] = _sliding_layers(pattern, n_layer)
     return out
 
 
 def _sliding_layers(pattern: Any, n_layer: int) -> list[int]:
-    """Indices of the sliding-window layers: a per-layer flag array, a period, or Gemma 3's period of 6."""
+    """Indices of the sliding-window layers from a per-layer flag array or a period (the last layer of each period
+    attends globally)."""
     if isinstance(pattern, list):
         if len(pattern) != n_layer:
             raise UserError(f"The GGUF's sliding_window_pattern has {len(pattern)} entries for {n_layer} layers")
         return [i for i, sliding in enumerate(pattern) if sliding]
-    period = int(pattern) if pattern else 6  # five local layers, then one global
-    return [i for i in range(n_layer) if (i + 1) % period != 0]
+    period = int(pattern)
+    return [i for i in range(n_layer) if period == 0 or i % period < period - 1]
 
 
 # ---------------------------------------------------------------- tensors -> our state dict
@@ -512,7 +518,7 @@ def lit_tensors(tensors, config, dtype: Any = None) -> Iterator[tuple[str, Any]]
         name, part = lit_name(t.name, config)
         if name is None:
             continue
-        if arch == "gemma3" and t.name.endswith("norm.weight"):
+        if arch in ("gemma2", "gemma3") and t.name.endswith("norm.weight"):
             # llama.cpp stores Gemma's (1 + w); our RMSNorm adds the 1 itself. Subtract in float32: in bf16, 1 + w
             # has already lost w's low bits
             weight = (read_tensor(t) - 1.0).to(dtype or torch.float32)
