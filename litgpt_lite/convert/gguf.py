@@ -179,7 +179,6 @@ def open_gguf(path: str | Path) -> GGUFFile:
     import mmap
 
     import numpy as np
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     path = Path(path)
     if not path.is_file():
@@ -199,29 +198,36 @@ def open_gguf(path: str | Path) -> GGUFFile:
     for _ in range(n_kv):
         key = cur.string()
         metadata[key] = cur.value(cur.read("I"))
-    infos = []
-    for _ in range(n_tensors):
-        name = cur.string()
-        dims = tuple(cur.read("Q") for _ in range(cur.read("I")))
-        raw_type, offset = cur.read("I"), cur.read("Q")
-        try:
-            kind = GGMLQuantizationType(raw_type)
-        except ValueError:
-            raise UserError(f"{path}: tensor {name} has unknown GGML type {raw_type}") from None
-        infos.append((name, dims, kind, offset))
+    infos = [_tensor_info(cur) for _ in range(n_tensors)]
     alignment = int(metadata.get("general.alignment", 32))
-    start = -(-cur.pos // alignment) * alignment
-    tensors = []
-    for name, dims, kind, offset in infos:
-        block, block_bytes = GGML_QUANT_SIZES[kind]
-        rows = int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else 1
-        row_bytes = dims[0] // block * block_bytes if dims else 0
-        begin = start + offset
-        if begin + rows * row_bytes > len(buf):
-            raise UserError(f"{path} is a truncated GGUF file: tensor {name} runs past its end")
-        data = buf[begin : begin + rows * row_bytes].reshape(rows, row_bytes)
-        tensors.append(GGUFTensor(name, dims, kind, data))
-    return GGUFFile(metadata, tensors)
+    data_start = -(-cur.pos // alignment) * alignment  # the tensor data begins at the next aligned offset
+    return GGUFFile(metadata, [_tensor_view(buf, data_start, *info, path=path) for info in infos])
+
+
+def _tensor_info(cur: _Cursor) -> tuple[str, tuple[int, ...], Any, int]:
+    """(name, dimensions, GGML type, offset in the data section) of the next tensor in the table."""
+    from gguf.constants import GGMLQuantizationType
+
+    name = cur.string()
+    dims = tuple(cur.read("Q") for _ in range(cur.read("I")))
+    raw_type, offset = cur.read("I"), cur.read("Q")
+    try:
+        return name, dims, GGMLQuantizationType(raw_type), offset
+    except ValueError:
+        raise UserError(f"{cur.path}: tensor {name} has unknown GGML type {raw_type}") from None
+
+
+def _tensor_view(buf, data_start: int, name: str, dims: tuple[int, ...], kind, offset: int, path: Path) -> GGUFTensor:
+    import numpy as np
+    from gguf.constants import GGML_QUANT_SIZES
+
+    block, block_bytes = GGML_QUANT_SIZES[kind]
+    rows = int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else 1
+    row_bytes = dims[0] // block * block_bytes if dims else 0
+    begin = data_start + offset
+    if begin + rows * row_bytes > len(buf):
+        raise UserError(f"{path} is a truncated GGUF file: tensor {name} runs past its end")
+    return GGUFTensor(name, dims, kind, buf[begin : begin + rows * row_bytes].reshape(rows, row_bytes))
 
 
 def is_gguf_file(path: str | Path) -> bool:
