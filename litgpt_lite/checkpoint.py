@@ -151,6 +151,7 @@ def atomic_dir(out_dir: str | Path, replace: bool = True) -> Iterator[Path]:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint directory is an ordinary one
     try:
         yield tmp
         if out_dir.exists():

