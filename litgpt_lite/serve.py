@@ -108,7 +108,7 @@ def error_body(message: str, kind: str, code: str, param: str | None = None) -> 
 
 
 def _error_response(e: RequestError) -> JSONResponse:
-    kind = "authentication_error" if e.status == 401 else "invalid_request_error"
+    kind = {401: "authentication_error"}.get(e.status, "server_error" if e.status >= 500 else "invalid_request_error")
     return JSONResponse(error_body(str(e), kind, e.code, e.param), status_code=e.status)
 
 
@@ -603,6 +603,7 @@ def serve(
     server = ls.LitServer(
         api, accelerator=accelerator, devices=devices, workers_per_device=workers_per_device, timeout=False
     )
+    server.uvicorn_graceful_timeout = 3  # on shutdown, open requests get 3 s (LitServe's 30 s outlasts a SIGTERM)
     signal.signal(signal.SIGTERM, partial(_on_sigterm, os.getpid()))
     print(f"Serving {checkpoint_dir} at http://{host}:{port}/v1 (OpenAI API); Ctrl-C stops", flush=True)
     try:

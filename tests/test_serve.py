@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -254,10 +255,24 @@ def test_error_mid_stream_ends_with_an_error_event(server):
     assert received, "the stream had started before the failure"
     raw = _post(server, "/v1/chat/completions", json={"messages": [{"role": "user", "content": FAULT_WORD}]})
     assert raw.status_code == 500 and "Generation failed" in raw.json()["error"]["message"]
+    assert raw.json()["error"]["type"] == "server_error"
     assert _chat(client, "still alive?", max_tokens=2).usage.completion_tokens == 2  # the server survived
 
 
 # ---------------------------------------------------------------- the real model, and shutdown
+def _stream_in_background(client, started: threading.Event) -> threading.Thread:
+    def consume():
+        try:
+            for _ in _chat(client, "Tell me a very long story about a dragon.", max_tokens=200, stream=True):
+                started.set()
+        except openai.APIError:  # the server goes away mid-answer
+            pass
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_smollm2_answers_and_sigterm_stops_every_process(smollm2_lit, tmp_path):
     srv = Server(smollm2_lit, tmp_path / "smollm2.log", "--max_batch_size", "2")
     try:
@@ -267,9 +282,27 @@ def test_smollm2_answers_and_sigterm_stops_every_process(smollm2_lit, tmp_path):
         assert r.choices[0].finish_reason == "stop"  # the model ended its turn (<|im_end|>) before 20 tokens
         children = psutil.Process(srv.proc.pid).children(recursive=True)
         assert children, "LitServe should run workers in child processes"
-        srv.proc.send_signal(signal.SIGTERM)  # the server process only, not its group
+        started = threading.Event()
+        _stream_in_background(client, started)
+        assert started.wait(60), "the streaming request never started"
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)  # the server process only, not its group, with a request in flight
         assert srv.proc.wait(30) == 0
         _, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"processes left running after SIGTERM: {alive}"
+        assert time.monotonic() - t0 < 25
+    finally:
+        srv.stop()
+
+
+def test_ctrl_c_stops_every_process(tiny_checkpoint, tmp_path):
+    srv = Server(tiny_checkpoint, tmp_path / "ctrl_c.log")
+    try:
+        children = psutil.Process(srv.proc.pid).children(recursive=True)
+        os.killpg(srv.proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C: the whole foreground group
+        srv.proc.wait(30)
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"processes left running after Ctrl-C: {alive}"
+        assert "Traceback" not in srv.log.read_text()
     finally:
         srv.stop()
