@@ -157,6 +157,35 @@ def test_prequantized_checkpoint_round_trips_bit_exactly(tiny_ckpt, tmp_path, mo
         load_model_for_inference(out, quantize=other)
 
 
+def test_skip_controls_which_linears_are_quantized():
+    torch.manual_seed(0)
+    model = GPT(tiny_config())
+    embedding = model.transformer.wte.weight.detach().clone()
+    quantize_model(model, "bnb.nf4", skip=("mlp.fc_2",))
+    assert isinstance(model.lm_head, bnb.nn.Linear4bit)  # asked for: the tied head is quantized from a copy
+    assert torch.equal(model.transformer.wte.weight, embedding)  # and the embedding keeps full precision
+    assert all(type(block.mlp.fc_2) is torch.nn.Linear for block in model.transformer.h)
+    assert all(isinstance(block.mlp.fc_1, bnb.nn.Linear4bit) for block in model.transformer.h)
+    assert len(greedy_tokens(model, [1, 2, 3], max_new_tokens=3)) == 3
+
+
+def test_qlora_output_dir_loads_for_inference_with_a_quantized_base(tiny_ckpt, tmp_path):
+    recipe = LoRARecipe(quantize="bnb.nf4", mlp=True)
+    model = recipe.prepare(load_model(tiny_ckpt))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.1)
+    recipe.export(model, tmp_path / "qlora", tiny_ckpt)
+    loaded = load_model_for_inference(tmp_path / "qlora", quantize="bnb.nf4")
+    qkv = loaded.transformer.h[0].attn.qkv
+    assert isinstance(qkv, LoRALinear) and isinstance(qkv.base, bnb.nn.Linear4bit)  # adapters stay unmerged
+    idx = torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx), model.eval()(idx))
+    assert len(greedy_tokens(loaded, [3, 4, 5], max_new_tokens=3)) == 3
+
+
 def test_quantize_cli_refuses_its_own_source(tiny_ckpt):
     with pytest.raises(UserError, match="must differ"):
         quantize_cli(tiny_ckpt, "bnb.nf4", tiny_ckpt)
