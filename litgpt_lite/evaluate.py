@@ -177,10 +177,6 @@ class LitLM(TemplateLM):
 
 
 # ---------------------------------------------------------------- tasks
-def bundled_task_names() -> list[str]:
-    return sorted(yaml.safe_load(p.read_text())["task"] for p in BUNDLED_TASKS_DIR.glob("*.yaml"))
-
-
 def materialize_bundled_tasks(out_dir: Path) -> Path:
     """Copy the bundled task YAMLs to `out_dir` with absolute `data_files` paths.
 
@@ -222,13 +218,18 @@ def check_tasks_load(names: list[str], manager) -> None:
     for name in names:
         try:
             get_task_dict([name], manager)
-        except Exception as e:  # datasets / hub errors come in many types; all mean "no data for this task"
-            dataset = _dataset_of(name, manager)
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        except OSError as e:  # ConnectionError, hub and datasets "not found" errors all derive from OSError
             raise UserError(
-                f"Task {name!r} could not load its dataset {dataset} ({reason[:200]}). Without network access, put"
-                " the data in local files and pass a folder of task YAMLs with --include_path"
+                f"Task {name!r} could not load its dataset {_dataset_of(name, manager)} ({_first_line(e)}). Without"
+                " network access, put the data in local files and pass a folder of task YAMLs with --include_path"
             ) from None
+        except Exception as e:  # a broken task config: still one line, naming the task
+            raise UserError(f"Task {name!r} could not be built: {type(e).__name__}: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _dataset_of(name: str, manager) -> str:
