@@ -265,10 +265,14 @@ class Progress:
         s = self.state
         elapsed = time.perf_counter() - self.t0
         if s.first_loss is not None and self.last_loss is not None:
-            self.fabric.print(
+            line = (
                 f"Training done: {s.step} steps, {s.tokens:,} tokens in {_duration(elapsed)} | "
-                f"loss first step {s.first_loss:.4f} -> last step {self.last_loss:.4f}"
+                f"train loss first step {s.first_loss:.4f} -> last step {self.last_loss:.4f}"
             )
+            vals = [h["val_loss"] for h in self.args.history if "val_loss" in h]
+            if len(vals) > 1:
+                line += f" | val loss {vals[0]:.4f} -> {vals[-1]:.4f}"
+            self.fabric.print(line)
 
 
 def _duration(seconds: float) -> str:

@@ -15,8 +15,17 @@ from litgpt_lite.train.pretrain import pretrain
 
 HUB = Path(__file__).resolve().parents[2] / "config_hub"
 YAMLS = sorted(HUB.rglob("*.yaml"))
-MODELS = ["SmolLM2-135M", "SmolLM2-1.7B", "Llama-3.2-1B", "Llama-3.1-8B", "Qwen2.5-0.5B", "Qwen2.5-7B", "Phi-3-mini",
-          "Gemma-2-2b", "Mistral-7B"]
+MODELS = [
+    "SmolLM2-135M",
+    "SmolLM2-1.7B",
+    "Llama-3.2-1B",
+    "Llama-3.1-8B",
+    "Qwen2.5-0.5B",
+    "Qwen2.5-7B",
+    "Phi-3-mini",
+    "Gemma-2-2b",
+    "Mistral-7B",
+]
 
 
 def _entrypoint(path: Path):

@@ -12,9 +12,26 @@ import pytest
 from litgpt_lite.train.loggers import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
-ARGS = ["--config", "config_hub/pretrain/debug.yaml", "--train.max_steps", "4", "--train.save_interval", "2",
-        "--train.global_batch_size", "8", "--train.micro_batch_size", "2", "--train.max_seq_length", "64",
-        "--eval.interval", "2", "--eval.max_new_tokens", "0", "--train.log_interval", "1"]
+ARGS = [
+    "--config",
+    "config_hub/pretrain/debug.yaml",
+    "--train.max_steps",
+    "4",
+    "--train.save_interval",
+    "2",
+    "--train.global_batch_size",
+    "8",
+    "--train.micro_batch_size",
+    "2",
+    "--train.max_seq_length",
+    "64",
+    "--eval.interval",
+    "2",
+    "--eval.max_new_tokens",
+    "0",
+    "--train.log_interval",
+    "1",
+]
 
 
 def _pretrain(out_dir: Path, *extra: str) -> dict[int, float]:
