@@ -509,7 +509,8 @@ def load_prequantized_model(
             raise UserError(f"{reader.path} lacks {prefix}weight: re-run litgpt_lite quantize")
         tensors = {k: reader.read(full) for k, full in own.items()}
         names -= set(own.values())
-        set_submodule(model, target, _prequantized_linear(bnb, model.get_submodule(target), tensors, info, device))
+        module = _prequantized_linear(bnb, model.get_submodule(target), tensors, info, device, dtype)
+        set_submodule(model, target, module)
     for name in sorted(names):
         _place(model, name, reader.read(name, dtype).to(device))
     if model.config.tie_embeddings and "lm_head" not in targets:
@@ -517,7 +518,9 @@ def load_prequantized_model(
     return _finish(model, device)
 
 
-def _prequantized_linear(bnb, meta_linear: nn.Module, tensors: dict[str, torch.Tensor], info: dict, device):
+def _prequantized_linear(
+    bnb, meta_linear: nn.Module, tensors: dict[str, torch.Tensor], info: dict, device, dtype: torch.dtype | None
+):
     """A bitsandbytes Linear from its saved tensors (`weight`, `bias`, quant state), with no re-quantization."""
     has_bias = "bias" in tensors
     out_f, in_f = meta_linear.out_features, meta_linear.in_features
@@ -533,7 +536,8 @@ def _prequantized_linear(bnb, meta_linear: nn.Module, tensors: dict[str, torch.T
         module.weight = bnb.nn.Params4bit.from_prequantized(
             tensors["weight"], stats, requires_grad=False, device=device, module=module
         )
-        module.compute_dtype = _default_compute_dtype(module.weight.quant_state.dtype, device)
+        # the matmul runs in the requested dtype (fp32 on CPUs without fast bf16), whatever the stored one
+        module.compute_dtype = _default_compute_dtype(dtype or module.weight.quant_state.dtype, device)
         module.compute_type_is_set = True
     if has_bias:
         module.bias = nn.Parameter(tensors["bias"].to(device), requires_grad=False)
