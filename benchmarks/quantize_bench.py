@@ -107,7 +107,7 @@ def decode_tokens_per_second(model, prompt: torch.Tensor, n: int) -> float:
     return n / elapsed
 
 
-def bench_smollm2(ckpt: Path, decode_tokens: int) -> list[dict]:
+def bench_smollm2(ckpt: Path, decode_tokens: int, modes: list[str]) -> list[dict]:
     tokenizer = Tokenizer(ckpt)
     idx = torch.tensor([tokenizer.encode(HELD_OUT_TEXT)])
     prompt = idx[:, :16]
@@ -122,7 +122,7 @@ def bench_smollm2(ckpt: Path, decode_tokens: int) -> list[dict]:
     )
     rows[-1]["tok_s"] = decode_tokens_per_second(ref, prompt, decode_tokens)
     del ref
-    for mode in MODES:
+    for mode in modes:
         model = load_quantized_model(ckpt, mode, "cpu", torch.float32)
         linear = weight_bytes(model, only_quantized=True)
         whole = linear + unquantized_bf16_bytes(model)
@@ -281,13 +281,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint_dir", type=Path, default=DEFAULT_CKPT)
     parser.add_argument("--decode_tokens", type=int, default=8)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="a subset of the modes")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
     args = parser.parse_args()
     if not (args.checkpoint_dir / "lit_model.safetensors").is_file():
         sys.exit(f"{args.checkpoint_dir} is not a converted checkpoint: run the tests once (fixture smollm2_lit)")
     torch.set_grad_enabled(True)
-    small = bench_smollm2(args.checkpoint_dir, args.decode_tokens)
-    one_b = bench_one_b(list(MODES))
+    small = bench_smollm2(args.checkpoint_dir, args.decode_tokens, args.modes)
+    one_b = bench_one_b(args.modes)
     optimizers = bench_optimizers(args.checkpoint_dir)
     load = bench_load_memory(args.checkpoint_dir)
     print_tables(small, one_b, optimizers, load)
