@@ -113,9 +113,11 @@ def test_pretrain_lowers_loss_on_bundled_corpus(tmp_path):
     assert (tmp_path / "out" / "logs" / "metrics.csv").is_file()
 
 
-RECIPES = ["full", "pretrain", pytest.param("lora", marks=pytest.mark.skipif(not _lora_available(), reason="no lora"))]
+NEEDS_LORA = pytest.mark.skipif(not _lora_available(), reason="no lora")
+RECIPES = ["full", "pretrain", pytest.param("lora", marks=NEEDS_LORA), pytest.param("qlora", marks=NEEDS_LORA)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", RECIPES)
 def test_resume_equals_uninterrupted_run(method, tiny_ckpt, tmp_path):
     """Stop at step 3 (its checkpoint), resume in a fresh process state: steps 4-6 match to 1e-6."""
@@ -143,6 +145,10 @@ def test_resume_equals_uninterrupted_run(method, tiny_ckpt, tmp_path):
             return pretrain(model_config=Config(**TINY), **common)
         if method == "lora":
             return finetune_lora(tiny_ckpt, lora_dropout=0.1, **common)  # dropout: the RNG must resume too
+        if method == "qlora":
+            pytest.importorskip("bitsandbytes")
+            wide = tiny_checkpoint(tmp_path / "wide", n_embd=64, intermediate_size=128)  # 4-bit blocks of 64
+            return finetune_lora(wide, lora_dropout=0.1, quantize="bnb.nf4", **common)
         return finetune_full(tiny_ckpt, **common)
 
     full = run(tmp_path / "a")
