@@ -73,10 +73,6 @@ class LoRAConfig:
         if not any((self.query, self.key, self.value, self.projection, self.mlp, self.head)):
             raise UserError("LoRA adapts no layer: enable one of --lora_query/key/value/projection/mlp/head")
 
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.r
-
 
 class LoRALinear(nn.Module):
     """A frozen base Linear plus a trainable low-rank update on some of its output row blocks."""
@@ -464,6 +460,9 @@ def merged_state(
     if missing or unexpected:
         first = f"lacks {missing[0]}" if missing else f"has {unexpected[0]}, which lora.yaml's flags do not create"
         raise UserError(f"{source} {first}: do lora.yaml and the base model match the adapters?")
+    for name, shape in expected.items():
+        if adapters[name].shape != shape:
+            raise UserError(f"{source}: {name} has shape {tuple(adapters[name].shape)}, the base needs {tuple(shape)}")
     targets = lora_modules(meta)
     merged: dict[str, torch.Tensor] = {}
     for name, load in iter_checkpoint_tensors(base):

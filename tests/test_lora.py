@@ -225,6 +225,10 @@ def test_merge_errors_are_clear(tmp_path):
     recipe.export(recipe.prepare(load_model(base)), tmp_path / "lora", base)
     with pytest.raises(UserError, match="base_checkpoint_dir"):
         merge_lora_cli(tmp_path / "lora", base_checkpoint_dir=tmp_path / "nowhere")
+    other, smaller = tmp_path / "other", llama(n_embd=32, n_head=2, n_query_groups=1)
+    save_checkpoint(GPT(smaller), smaller, other)
+    with pytest.raises(UserError, match="has shape"):  # adapters of another model size
+        merge_lora_cli(tmp_path / "lora", base_checkpoint_dir=other, out_dir=tmp_path / "merged")
     import shutil
 
     shutil.rmtree(base)
