@@ -208,7 +208,16 @@ def dense_weight(module: nn.Module) -> torch.Tensor:
         return module.weight
     bnb = import_bitsandbytes()
     if isinstance(module, bnb.nn.Linear4bit):
-        return bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+        data, state = module.weight.data, module.weight.quant_state
+        if getattr(state, "packing_format_for_cpu", False):
+            # on AVX512-BF16 CPUs bitsandbytes repacks the weight for its own kernel at the first inference forward;
+            # undo that on copies (the inverse edits the state it is given) to get the standard layout back
+            import copy
+
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            data, state = _convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(state))
+        return bnb.functional.dequantize_4bit(data, state)
     if isinstance(module, bnb.nn.Linear8bitLt):
         cb = module.weight.data
         scb = module.weight.SCB if module.weight.SCB is not None else module.state.SCB

@@ -186,6 +186,25 @@ def test_qlora_output_dir_loads_for_inference_with_a_quantized_base(tiny_ckpt, t
     assert len(greedy_tokens(loaded, [3, 4, 5], max_new_tokens=3)) == 3
 
 
+@pytest.mark.parametrize("mode", ["bnb.nf4", "bnb.nf4-dq"])
+def test_dense_weight_reads_the_cpu_packed_layout(mode):
+    """On AVX512-BF16 CPUs bitsandbytes repacks 4-bit weights at the first inference forward (absmax in bf16);
+    DoRA still needs the dense weight from that layout, without disturbing the layer."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    from litgpt_lite.quantize import dense_weight, quantize_linear
+
+    torch.manual_seed(0)
+    layer = quantize_linear(torch.randn(128, 64), None, mode)
+    expected = dense_weight(layer).clone()
+    layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu(
+        layer.weight.data, layer.weight.quant_state
+    )
+    packed = layer.weight.data.clone()
+    torch.testing.assert_close(dense_weight(layer), expected, rtol=0, atol=0.02)  # bf16 absmax rounding
+    assert layer.weight.quant_state.packing_format_for_cpu and torch.equal(layer.weight.data, packed)
+
+
 def test_quantize_cli_refuses_its_own_source(tiny_ckpt):
     with pytest.raises(UserError, match="must differ"):
         quantize_cli(tiny_ckpt, "bnb.nf4", tiny_ckpt)
