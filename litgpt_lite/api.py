@@ -19,29 +19,16 @@ def load_for_inference(checkpoint_dir: Path, device=None, precision: str | None 
     from litgpt_lite.checkpoint import validate_checkpoint_dir
     from litgpt_lite.precision import precision_dtype, resolve_device
     from litgpt_lite.prompts import prompt_style_for
+    from litgpt_lite.quantize import load_model_for_inference
     from litgpt_lite.tokenizer import Tokenizer
 
     checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
     device = resolve_device(device)
     dtype = precision_dtype(precision, device)
-    model = _load_model(checkpoint_dir, device, dtype, quantize)
+    model = load_model_for_inference(checkpoint_dir, device=device, dtype=dtype, quantize=quantize)
     tokenizer = Tokenizer(checkpoint_dir)
     style = prompt_style_for(checkpoint_dir, tokenizer, model.config.name)
     return model, tokenizer, style
-
-
-def _load_model(checkpoint_dir: Path, device, dtype, quantize: str | None):
-    try:
-        from litgpt_lite.quantize import load_model_for_inference
-    except ImportError:
-        load_model_for_inference = None
-    if load_model_for_inference is not None:
-        return load_model_for_inference(checkpoint_dir, device=device, dtype=dtype, quantize=quantize)
-    if quantize:
-        raise UserError("--quantize needs bitsandbytes: pip install 'litgpt_lite[all]'")
-    from litgpt_lite.checkpoint import load_model
-
-    return load_model(checkpoint_dir, device=device, dtype=dtype)
 
 
 def _looks_like_repo_id(name: str) -> bool:

@@ -529,21 +529,9 @@ def load_inference_model(checkpoint_dir: Path, device, precision: str | None = N
     from litgpt_lite.precision import precision_dtype
 
     dtype = precision_dtype(precision, device)
-    try:
-        from litgpt_lite.quantize import load_model_for_inference
-    except ImportError:  # not written yet: load through the pieces quantize.py and checkpoint.py offer today
-        load_model_for_inference = None
-    if load_model_for_inference is not None:
-        return load_model_for_inference(checkpoint_dir, device=device, dtype=dtype, quantize=quantize)
-    from litgpt_lite import quantize as q
+    from litgpt_lite.quantize import load_model_for_inference
 
-    if quantize:
-        return q.load_quantized_model(checkpoint_dir, quantize, device=device, dtype=dtype)
-    if (Path(checkpoint_dir) / q.QUANTIZE_YAML).is_file():  # written by `litgpt_lite quantize`
-        return q.load_prequantized_model(checkpoint_dir, device=device, dtype=dtype)
-    from litgpt_lite.checkpoint import load_model
-
-    return load_model(checkpoint_dir, device=device, dtype=dtype)
+    return load_model_for_inference(checkpoint_dir, device=device, dtype=dtype, quantize=quantize)
 
 
 def serve(
