@@ -5,6 +5,7 @@ pretraining runs LitGPT's own `fit` on a model built as its `main` builds it, wi
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -115,6 +116,12 @@ def _json_data(p: dict[str, Any]):
     return JSON(Path(p["data_dir"]), mask_prompt=True, prompt_style="alpaca")
 
 
+def _as_cli(checkpoint_dir: str) -> None:
+    """LitGPT's finetune scripts re-parse sys.argv at the end to save hyperparameters.yaml: show them the command
+    line they would have been started with."""
+    sys.argv = ["litgpt", checkpoint_dir]
+
+
 def _real_tokens(data) -> int:
     return sum(len(data.train_dataset[i]["input_ids"]) for i in range(len(data.train_dataset)))
 
@@ -124,6 +131,7 @@ def finetune_full(p: dict[str, Any]) -> dict[str, Any]:
     from litgpt.finetune.full import setup
 
     data = _json_data(p)
+    _as_cli(p["checkpoint_dir"])
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
         setup(
@@ -151,6 +159,7 @@ def finetune_lora(p: dict[str, Any]) -> dict[str, Any]:
     """`litgpt finetune_lora --lora_r 8` on records longer than max_seq_length (every batch is seq_len long)."""
     from litgpt.finetune.lora import setup
 
+    _as_cli(p["checkpoint_dir"])
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
         setup(
@@ -164,7 +173,7 @@ def finetune_lora(p: dict[str, Any]) -> dict[str, Any]:
             lora_key=False,
             lora_value=True,
             data=_json_data(p),
-            train=_train_args(p),
+            train=_train_args(p, epochs=10**6),  # LitGPT's LoRA insists on epochs; max_steps ends the run
             eval=_eval_args(),
             optimizer="AdamW",
             seed=p["seed"],

@@ -119,7 +119,7 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
         needs=("init:SmolLM2-135M", "sft_long"),
     )
     for prec, label in (("32-true", "fp32"), ("bf16-true", "bf16")):
-        p = {"data": "real", "precision": prec, "prompt": PROMPT, "max_new_tokens": a.new_tokens, "reps": 3}
+        p = {"data": "real", "precision": prec, "prompt": PROMPT, "max_new_tokens": a.new_tokens, "reps": 2}
         out[f"decode_{label}"] = Workload(
             f"decode_{label}",
             f"greedy decode, batch 1, SmolLM2-135M-Instruct, {label}, {a.new_tokens} new tokens",
@@ -127,7 +127,7 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
             [Metric("tokens_per_s", "tokens/s (prefill + decode)", True, 1.3)],
             needs=("real",),
         )
-    p = {"data": "real", "precision": "32-true", "prompts": BATCH_PROMPTS, "max_new_tokens": a.new_tokens, "reps": 2}
+    p = {"data": "real", "precision": "32-true", "prompts": BATCH_PROMPTS, "max_new_tokens": a.new_tokens, "reps": 1}
     out["batched_decode"] = Workload(
         "batched_decode",
         f"batched greedy decode, {len(BATCH_PROMPTS)} prompts of different lengths vs batch 1 "
@@ -278,6 +278,7 @@ def _first_generated_line(lines: list[tuple[float, str]], skip_arg_dump: bool) -
 # ---------------------------------------------------------------- a workload: A B A B ...
 def run_workload(w: Workload, a: argparse.Namespace, paths: dict[str, Any]) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
+    measured: dict[tuple, dict[str, Any]] = {}
     unavailable: str | None = None
     for rep in range(a.repeats):
         for side in w.sides:
@@ -286,10 +287,14 @@ def run_workload(w: Workload, a: argparse.Namespace, paths: dict[str, Any]) -> d
                 continue
             params = resolve_params(side, paths)
             t = time.perf_counter()
-            if side.fn == "ttft":
+            same = (side.env, side.fn, json.dumps(params, sort_keys=True), rep)
+            if same in measured:  # one process measured both sides (batched decode)
+                res = measured[same]
+            elif side.fn == "ttft":
                 res = run_ttft(a, side.env, params)
             else:
                 res = run_worker(a, side.env, side.fn, params)
+            measured[same] = res
             res = _derive(w, side, res)
             runs.append({"side": side.label, "repeat": rep, "wall_s": round(time.perf_counter() - t, 1), **res})
             print(f"  {w.name} [{side.label}] rep {rep}: {_short(res)}", flush=True)
@@ -352,6 +357,7 @@ def summarize(w: Workload, runs: list[dict[str, Any]], unavailable: str | None) 
             ratios[m.key] = vb / va
     return {
         "title": w.title,
+        "repeats": max((r["repeat"] for r in runs), default=-1) + 1,
         "sides": [a_label, b_label],
         "runs": runs,
         "medians": medians,
@@ -430,42 +436,51 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "The machine is shared with other jobs, so absolute rates are noisy: read the **ratio** column. Each "
         "workload ran its two sides alternately (A B A B ...) in fresh processes on identical configs, seeds and "
-        f"weights; values are medians of {report['repeats']} run(s) per side. Ratio = ours / reference; higher is "
+        "weights; values are medians over the runs per side (column `runs`). Ratio = ours / reference; higher is "
         "better for throughput, lower for time and memory.",
         "",
         "Reproduce with:",
         "",
         "```",
-        report["command"],
+        *report["commands"],
         "```",
         "",
-        "| workload | metric | reference | ours | ratio | target | met |",
-        "|---|---|---|---|---|---|---|",
+        "| workload | runs | metric | reference | ours | ratio | target | met |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["workloads"].items():
-        a_label, b_label = r["sides"]
-        if r.get("unavailable"):
-            lines.append(
-                f"| {name}: {r['title']} | - | {a_label} | {b_label} | not available: {r['unavailable']} | | |"
-            )
-            continue
-        for m_ in r["metrics"]:
-            va, vb = r["medians"][a_label].get(m_["key"]), r["medians"][b_label].get(m_["key"])
-            ratio = r["ratios"].get(m_["key"])
-            target = m_["target"]
-            met = ""
-            if target is not None and ratio is not None:
-                ok = ratio >= target if m_["higher_is_better"] else ratio <= target
-                met = "yes" if ok else "**no**"
-            tgt = "" if target is None else ((">= " if m_["higher_is_better"] else "<= ") + f"{target:g}x")
-            lines.append(
-                f"| {name}: {r['title']} | {m_['name']} | {a_label}: {_fmt(va)} | {b_label}: {_fmt(vb)} | "
-                f"{_fmt(ratio)}{'x' if ratio is not None else ''} | {tgt} | {met} |"
-            )
-        for e in r["errors"]:
-            lines.append(f"| {name} | error | {e} | | | | |")
+        lines += _rows(name, r)
+    lines += ["", "Workloads:", ""]
+    for name, r in report["workloads"].items():
+        note = f" ({r['note']})" if r.get("note") else ""
+        lines.append(f"- `{name}`: {r['title']}{note}; reference = {r['sides'][0]}, ours = {r['sides'][1]}.")
+        lines += [f"  - error: {_cell(e)}" for e in r["errors"]]
     lines.append("")
     return "\n".join(lines)
+
+
+def _cell(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _rows(name: str, r: dict[str, Any]) -> list[str]:
+    a_label, b_label = r["sides"]
+    if r.get("unavailable"):
+        return [f"| {name} | - | - | - | - | not available: {_cell(r['unavailable'], 120)} | | |"]
+    rows = []
+    for m in r["metrics"]:
+        va, vb = r["medians"][a_label].get(m["key"]), r["medians"][b_label].get(m["key"])
+        ratio, target = r["ratios"].get(m["key"]), m["target"]
+        met = ""
+        if target is not None and ratio is not None:
+            ok = ratio >= target if m["higher_is_better"] else ratio <= target
+            met = "yes" if ok else "**no**"
+        tgt = "" if target is None else ((">= " if m["higher_is_better"] else "<= ") + f"{target:g}x")
+        shown = "-" if ratio is None else f"**{_fmt(ratio)}x**"
+        runs = r.get("repeats", "")
+        rows.append(f"| {name} | {runs} | {m['name']} | {_fmt(va)} | {_fmt(vb)} | {shown} | {tgt} | {met} |")
+    return rows
 
 
 # ---------------------------------------------------------------- entry points
@@ -504,6 +519,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--litgpt-python", type=Path, default=DEFAULT_LITGPT_PYTHON, help="interpreter with litgpt")
     p.add_argument("--assets", type=Path, default=None, help="where shared weights/data go (default: a temp dir)")
     p.add_argument("--timeout", type=int, default=1200, help="seconds per process")
+    p.add_argument("--merge", action="store_true", help="add to the existing results.json instead of replacing it")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     a = p.parse_args(argv)
     if a.full:
@@ -538,13 +554,17 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
-        "command": "python benchmarks/run.py " + " ".join(shlex.quote(x) for x in argv),
+        "commands": ["python benchmarks/run.py " + " ".join(shlex.quote(x) for x in argv)],
         "litgpt_version": litgpt_version(a) if a.litgpt_available else None,
-        "repeats": a.repeats,
         "shape": {"micro_batch": a.micro_batch, "seq_len": a.seq_len, "timed_steps": a.steps},
         "workloads": {},
     }
     json_path = a.json or a.out.with_name("results.json")
+    if a.merge and json_path.is_file():  # add these workloads to an earlier run's report
+        earlier = json.loads(json_path.read_text())
+        report["commands"] = earlier.get("commands", []) + report["commands"]
+        report["started"], report["machine"] = earlier["started"], earlier["machine"]
+        report["workloads"] = {k: v for k, v in earlier["workloads"].items() if k not in names}
     with tempfile.TemporaryDirectory(prefix="litgpt_lite_bench_") as tmp:
         root = a.assets or Path(tmp)
         print(f"preparing assets in {root} ...", flush=True)
