@@ -119,7 +119,9 @@ def count_targets(batches: list[dict[str, torch.Tensor]]) -> int:
 def _all_sum(fabric, value: float | int) -> float:
     if fabric.world_size == 1:
         return float(value)
-    return float(fabric.all_reduce(torch.tensor(float(value), dtype=torch.float64), reduce_op="sum"))
+    # on the run's device: NCCL reduces only CUDA tensors
+    total = fabric.all_reduce(torch.tensor(float(value), dtype=torch.float64, device=fabric.device), reduce_op="sum")
+    return float(total)
 
 
 # ---------------------------------------------------------------- the loop
@@ -210,7 +212,7 @@ def _validate_and_log(fabric, model, val_data, args: FitArgs, state: TrainState)
         f"validation | step {state.step} | val loss {val_loss:.4f} | val ppl {ppl:.2f} | "
         f"{time.perf_counter() - t0:.1f}s"
     )
-    if args.sample is not None and args.eval.max_new_tokens > 0:
+    if args.sample is not None and args.eval.max_new_tokens > 0 and fabric.global_rank == 0:
         text = args.sample(model)
         if text is not None:
             fabric.print(f"sample | {text!r}")

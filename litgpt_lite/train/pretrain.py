@@ -30,7 +30,7 @@ def pretrain(
         lr_warmup_steps=20,
         min_lr=4e-5,
         save_interval=100,
-        log_interval=10,
+        log_interval=1,
     ),
     eval: EvalArgs = EvalArgs(interval=50, max_iters=20, max_new_tokens=20),
     optimizer: str | dict = "AdamW",
@@ -65,7 +65,7 @@ def pretrain(
         resume: "auto" continues from the newest checkpoint in out_dir (if any); a path resumes that checkpoint.
         seed: random seed (initialisation, data order).
     """
-    from litgpt_lite.data.text import BUNDLED_TOKENIZER, BundledCorpus, TokenShardData, shard_dir_if_any
+    from litgpt_lite.data.text import BUNDLED_TOKENIZER, BundledCorpus
 
     if data is None:
         data = BundledCorpus()
@@ -76,9 +76,7 @@ def pretrain(
     if tokenizer_dir is None:
         tokenizer_dir = initial_checkpoint_dir if initial_checkpoint_dir is not None else BUNDLED_TOKENIZER
     if isinstance(data, str):
-        if shard_dir_if_any(data) is None:
-            raise UserError(f"--data {data} is neither a data module name nor a token shard dir (with manifest.json)")
-        data = TokenShardData(Path(data))
+        data = _data_from_path(data)
     run = Run(
         recipe=FullRecipe("pretrain"),
         out_dir=Path(out_dir),
@@ -102,6 +100,19 @@ def pretrain(
         init_weights=None if initial_checkpoint_dir is not None else init_weights,
     )
     return launch(run)
+
+
+def _data_from_path(path: str) -> DataModule:
+    """`--data <dir>`: a token shard dir (prepare_code output) or a folder of .txt files."""
+    from litgpt_lite.data.text import TextFiles, TokenShardData, shard_dir_if_any
+
+    if shard_dir_if_any(path) is not None:
+        return TokenShardData(Path(path))
+    if Path(path).is_dir() and any(Path(path).rglob("*.txt")):
+        return TextFiles(Path(path))
+    raise UserError(
+        f"--data {path} is not a data module name, a token shard dir (with manifest.json) or a folder of .txt files"
+    )
 
 
 def _model_config(model_name: str | None, model_config: Config | None, initial_checkpoint_dir: Path | None) -> Config:

@@ -186,6 +186,11 @@ def _main(fabric, run: Run) -> None:
     tokenizer = _tokenizer(run)
     config = run.model_config if run.model_config is not None else _load_config(run.checkpoint_dir)
     max_seq_length = _max_seq_length(run.train, config)
+    if tokenizer is not None and tokenizer.vocab_size > config.padded_vocab_size:
+        raise UserError(
+            f"The tokenizer has {tokenizer.vocab_size} tokens but the model only {config.padded_vocab_size}: "
+            "pass a matching --tokenizer_dir or raise the model's vocab_size"
+        )
     splits = _build_data(fabric, run, tokenizer, max_seq_length)
     total_steps = _total_steps(run.train, splits.train)
 

@@ -102,3 +102,13 @@ def test_litdata_streaming_dir(tmp_path):
     assert 20 <= len(splits.train) <= 400 // 16  # blocks of 16 tokens (litdata keeps them within a chunk)
     item = splits.train[0]
     assert item["input_ids"].tolist() == list(range(15)) and item["labels"].tolist() == list(range(1, 16))
+
+
+def test_pretrain_data_path_picks_the_module(tmp_path):
+    from litgpt_lite.train.pretrain import _data_from_path
+
+    write_token_shards([[1, 2, 3]], tmp_path / "shards", eos_id=0, vocab_size=1024)
+    assert isinstance(_data_from_path(str(tmp_path / "shards")), TokenShardData)
+    assert isinstance(_data_from_path(str(BUNDLED_CORPUS)), TextFiles)
+    with pytest.raises(UserError, match="not a data module name"):
+        _data_from_path(str(tmp_path / "nothing"))
