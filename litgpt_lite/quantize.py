@@ -395,6 +395,31 @@ def _finish(model: nn.Module, device: torch.device) -> nn.Module:
     return model.eval()
 
 
+_LIBC: Any = None
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the last layer back to the OS (glibc only).
+
+    glibc serves mid-sized allocations from per-thread heaps and raises its mmap threshold after each large free, so
+    the full-precision copy of one layer and the quantization temporaries can stay resident after they are freed;
+    measured on SmolLM2, the loading peak then varied between 1x and 4x the quantized model from run to run.
+    """
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        try:
+            _LIBC = ctypes.CDLL(name) if name else False
+            _LIBC = _LIBC if _LIBC and hasattr(_LIBC, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
 def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
@@ -439,6 +464,8 @@ def load_quantized_model(
                 bias = reader.read(bias_name, dtype) if bias_name in present else None
                 weight = reader.read(name, dtype)
                 set_submodule(model, module_name, quantize_linear(weight, bias, mode, device, int8_threshold))
+                del weight, bias
+                release_freed_memory()
             continue
         if name == "lm_head.weight" and config.tie_embeddings:
             continue
