@@ -28,38 +28,39 @@ def cache_root() -> Path:
 class TokenBlocks(torch.utils.data.Dataset):
     """Blocks [start, start + T + 1) of a token stream, as (input_ids, labels) shifted by one."""
 
-    def __init__(self, shards, block_length: int, first_block: int, num_blocks: int) -> None:
-        self.shards, self.block_length = shards, block_length
-        self.first_block, self.num_blocks = first_block, num_blocks
+    def __init__(self, shards, block_length: int, block_ids: list[int] | range) -> None:
+        self.shards, self.block_length, self.block_ids = shards, block_length, block_ids
 
     def __len__(self) -> int:
-        return self.num_blocks
+        return len(self.block_ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if not 0 <= i < self.num_blocks:
-            raise IndexError(i)
-        start = (self.first_block + i) * self.block_length
+        start = self.block_ids[i] * self.block_length
         tokens = torch.from_numpy(self.shards.read(start, self.block_length + 1).astype("int64"))
         return {"input_ids": tokens[:-1], "labels": tokens[1:]}
 
     def num_tokens(self) -> int:
-        return self.num_blocks * self.block_length
+        return len(self.block_ids) * self.block_length
 
 
 def split_blocks(shards, max_seq_length: int, val_split_fraction: float, where: str) -> Splits:
-    """Cut a token stream into train blocks and (from its end) validation blocks."""
+    """Cut a token stream into blocks; every k-th block (k = 1 / val_split_fraction) goes to validation, so the
+    validation set samples the whole corpus rather than its last file."""
     n_blocks = (len(shards) - 1) // max_seq_length
     if n_blocks < 1:
         raise UserError(
             f"{where} holds {len(shards)} tokens, fewer than one block of max_seq_length {max_seq_length} + 1: "
             "add data or lower --train.max_seq_length"
         )
-    n_val = max(1, int(n_blocks * val_split_fraction)) if val_split_fraction > 0 and n_blocks > 1 else 0
-    train = TokenBlocks(shards, max_seq_length, 0, n_blocks - n_val)
-    val = TokenBlocks(shards, max_seq_length, n_blocks - n_val, n_val) if n_val else None
-    return Splits(
-        train, val, [f"{len(shards):,} tokens: {len(train)} train and {n_val} val blocks of {max_seq_length}"]
-    )
+    if val_split_fraction <= 0 or n_blocks < 2:
+        return Splits(TokenBlocks(shards, max_seq_length, range(n_blocks)), None, [f"{len(shards):,} tokens"])
+    stride = max(2, round(1 / val_split_fraction))
+    val_ids = list(range(stride - 1, n_blocks, stride)) or [n_blocks - 1]
+    train_ids = sorted(set(range(n_blocks)) - set(val_ids))
+    train = TokenBlocks(shards, max_seq_length, train_ids)
+    val = TokenBlocks(shards, max_seq_length, val_ids)
+    note = f"{len(shards):,} tokens: {len(train)} train and {len(val)} val blocks of {max_seq_length}"
+    return Splits(train, val, [note])
 
 
 class TokenShardData(DataModule):
