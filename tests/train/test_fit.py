@@ -199,3 +199,30 @@ def test_hyperparameters_yaml_reproduces_the_run(tiny_ckpt, tmp_path):
     init = parser.instantiate_classes(cfg)
     second = finetune_full(**{k: v for k, v in init.items() if k != "config"})
     assert losses(second) == pytest.approx(losses(first), abs=1e-6)
+
+
+def test_packed_fine_tuning_runs_and_learns(tiny_ckpt, tmp_path):
+    from litgpt_lite.data import Instructions
+
+    data = Instructions(packing=True, prompt_style="default")
+    train = TrainArgs(
+        global_batch_size=4,
+        micro_batch_size=2,
+        max_steps=12,
+        max_seq_length=128,
+        lr_warmup_steps=1,
+        save_interval=None,
+        log_interval=4,
+    )
+    result = finetune_full(
+        tiny_ckpt,
+        out_dir=tmp_path / "out",
+        data=data,
+        train=train,
+        eval=QUICK_EVAL,
+        optimizer={"lr": 3e-3},
+        precision="32-true",
+    )
+    curve = losses(result)
+    assert result["history"][-1]["tokens"] == 12 * 4 * 128  # full rows: no padding per sample
+    assert sum(curve[-3:]) / 3 < curve[0] - 0.25
