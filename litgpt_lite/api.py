@@ -22,7 +22,7 @@ def load_for_inference(checkpoint_dir: Path, device=None, precision: str | None 
     from litgpt_lite.quantize import load_model_for_inference
     from litgpt_lite.tokenizer import Tokenizer
 
-    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
+    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir, need_weights=False)  # the loader checks weights
     device = resolve_device(device)
     dtype = precision_dtype(precision, device)
     model = load_model_for_inference(checkpoint_dir, device=device, dtype=dtype, quantize=quantize)
