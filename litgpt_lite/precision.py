@@ -31,9 +31,9 @@ _ALIASES = {
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU executes bf16 matmuls natively (AVX512-BF16 or AMX)."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    return capability in ("AVX512_BF16", "AMX", "AVX512_AMX") or "AMX" in capability
+    """True when the CPU executes bf16 matmuls natively (AVX512-BF16 or AMX tiles)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def default_precision(device: str | torch.device = "cpu", training: bool = False) -> str:

@@ -104,11 +104,7 @@ def choose_precision(precision: str | None) -> str:
     """The given precision (aliases like "bf16" resolved), or the hardware's fast training default."""
     from litgpt_lite.precision import normalize_precision
 
-    if precision is not None or torch.cuda.is_available():
-        return normalize_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", training=True)
-    # On CPU: bf16 only where the cores compute it natively (AVX512-BF16 / AMX); emulated bf16 is far slower.
-    native = [getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return "bf16-true" if any(native) else "32-true"
+    return normalize_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", training=True)
 
 
 # ---------------------------------------------------------------- Fabric
