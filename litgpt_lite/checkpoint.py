@@ -117,7 +117,6 @@ def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu", d
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight
-    model.rope = type(model.rope)(config)  # buffers were on meta
     return model.to(device).eval()
 
 

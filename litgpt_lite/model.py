@@ -27,7 +27,7 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                wte=make_embedding(config.padded_vocab_size, config.n_embd),
                 h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
                 ln_f=make_norm(config, config.n_embd),
             )
@@ -216,7 +216,7 @@ class MaskSpec:
         self._memo: dict[Any, torch.Tensor | None] = {}
 
     def build(self, key_times: torch.Tensor, window: int | None, device) -> torch.Tensor | None:
-        memo_key = (key_times.data_ptr(), key_times.shape[0], window)
+        memo_key = (key_times.shape[0], window)  # all layers of one kind see the same key times in a forward
         if memo_key not in self._memo:
             self._memo[memo_key] = self._build(key_times, window, device)
         return self._memo[memo_key]
@@ -260,11 +260,11 @@ class KVCache(nn.Module):
         """Store the new keys/values at `times`; return the keys, values and times to attend over."""
         B = k.shape[0]
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        if not self.ring:
-            end = int(times[-1]) + 1
-            self.k[:B, :, times] = k
-            self.v[:B, :, times] = v
-            self.slot_times[times] = times
+        if not self.ring:  # times are consecutive: write a slice, not an index list
+            start, end = int(times[0]), int(times[0]) + times.shape[0]
+            self.k[:B, :, start:end] = k
+            self.v[:B, :, start:end] = v
+            self.slot_times[start:end] = times
             return self.k[:B, :, :end], self.v[:B, :, :end], self.slot_times[:end]
         # ring: attend over the old ring plus the new chunk, then keep the newest `slots` entries
         all_k = torch.cat((self.k[:B], k), dim=2)
@@ -276,6 +276,15 @@ class KVCache(nn.Module):
         self.v[:B, :, keep % slots] = v[:, :, -slots:]
         self.slot_times[keep % slots] = keep
         return all_k, all_v, all_t
+
+
+def make_embedding(vocab: int, dim: int) -> nn.Embedding:
+    """nn.Embedding, initialised like torch's own except on the meta device, where `normal_` would import dynamo
+    (seconds of every checkpoint load) to initialise weights that are about to be replaced anyway."""
+    wte = nn.Embedding(vocab, dim, _weight=torch.empty(vocab, dim))
+    if wte.weight.device.type != "meta":
+        nn.init.normal_(wte.weight)
+    return wte
 
 
 # ---------------------------------------------------------------- MLPs
@@ -382,6 +391,10 @@ class RoPE(nn.Module):
         super().__init__()
         self.config = config
         dim = config.rope_n_elem
+        with torch.device("cpu"):  # real numbers even under a meta-device build; `.to()` moves them later
+            self._build(config, dim)
+
+    def _build(self, config: Config, dim: int) -> None:
         inv_freq, self.attention_scaling = rope_inv_freq(dim, config.rope_base, config.rope_scaling, config.block_size)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.long_inv_freq = None
