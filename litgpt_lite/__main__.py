@@ -56,13 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         func = _load(COMMANDS[command])
         from jsonargparse import CLI
 
-        CLI(func, args=args, as_positional=True)
+        CLI(func, args=args, as_positional=True, prog=f"litgpt_lite {command}")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     return 0
 
 
