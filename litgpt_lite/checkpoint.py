@@ -242,14 +242,16 @@ class SafetensorsReader:
 class SafetensorsWriter:
     """Writes a .safetensors file one tensor at a time, so converting never holds the whole model in memory.
 
-    Tensor bytes go to a side file as they arrive; `close()` writes the header and appends the bytes.
+    Tensor bytes go straight into the file behind a reserved header region; `close()` writes the header into it
+    (padded with spaces, as the format allows). Only a header larger than the reserve costs a second pass.
     """
 
-    def __init__(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, path: str | Path, metadata: dict[str, str] | None = None, expected_tensors: int = 256) -> None:
         self.path = Path(path)
         self.metadata = metadata or {"format": "pt"}
-        self._data_path = self.path.with_name(self.path.name + ".data")
-        self._data = open(self._data_path, "wb")
+        self._reserve = 8 * ((256 * expected_tensors + 4096) // 8)  # ~256 header bytes per tensor is plenty
+        self._file = open(self.path, "wb")
+        self._file.write(b"\0" * (8 + self._reserve))
         self._header: dict[str, dict] = {}
         self.nbytes = 0
 
@@ -263,28 +265,33 @@ class SafetensorsWriter:
             "shape": list(t.shape),
             "data_offsets": [self.nbytes, self.nbytes + raw.nbytes],
         }
-        self._data.write(raw.data)
+        self._file.write(raw.data)
         self.nbytes += raw.nbytes
 
     def close(self) -> None:
-        self._data.close()
-        header = dict(self._header)
-        header["__metadata__"] = self.metadata
-        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob = json.dumps({**self._header, "__metadata__": self.metadata}, separators=(",", ":")).encode()
+        if len(blob) <= self._reserve:
+            self._file.seek(0)
+            self._file.write(struct.pack("<Q", self._reserve) + blob + b" " * (self._reserve - len(blob)))
+            self._file.close()
+            return
+        self._file.close()  # the header outgrew its reserve: write it in front of the data in a second file
         blob += b" " * (-len(blob) % 8)
-        with open(self.path, "wb") as out, open(self._data_path, "rb") as data:
-            out.write(struct.pack("<Q", len(blob)))
-            out.write(blob)
+        moved = self.path.with_name(self.path.name + ".data")
+        os.replace(self.path, moved)
+        with open(self.path, "wb") as out, open(moved, "rb") as data:
+            out.write(struct.pack("<Q", len(blob)) + blob)
+            data.seek(8 + self._reserve)
             shutil.copyfileobj(data, out, 1 << 24)
-        self._data_path.unlink()
+        moved.unlink()
 
     def abort(self) -> None:
-        self._data.close()
-        self._data_path.unlink(missing_ok=True)
+        self._file.close()
+        self.path.unlink(missing_ok=True)
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
-    writer = SafetensorsWriter(path)
+    writer = SafetensorsWriter(path, expected_tensors=len(state))
     try:
         for name, tensor in state.items():
             writer.add(name, tensor)

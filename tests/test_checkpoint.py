@@ -91,3 +91,23 @@ def test_convert_streams_under_1_5x_model_size(smollm2_hf, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     peak = int(out.stdout.strip().splitlines()[-1])
     assert peak < 1.5 * on_disk, f"peak RSS {peak / 1e6:.0f} MB vs {on_disk / 1e6:.0f} MB on disk"
+
+
+@pytest.mark.parametrize("expected_tensors", [1, 64])
+def test_streaming_writer_output_reads_everywhere(tmp_path, expected_tensors):
+    """Header in its reserve, or (too many tensors) moved in front of the data: safetensors itself reads both."""
+    from safetensors.torch import load_file
+
+    from litgpt_lite.checkpoint import SafetensorsWriter
+
+    tensors = {f"t{i}": torch.randn(3, i + 1).to(torch.bfloat16 if i % 2 else torch.float32) for i in range(40)}
+    tensors["scalar"] = torch.tensor(3, dtype=torch.int64)
+    writer = SafetensorsWriter(tmp_path / "w.safetensors", expected_tensors=expected_tensors)
+    for name, t in tensors.items():
+        writer.add(name, t)
+    writer.close()
+    reader = SafetensorsReader(tmp_path / "w.safetensors")
+    for loaded in (load_file(tmp_path / "w.safetensors"), {k: reader.get_tensor(k) for k in tensors}):
+        assert loaded.keys() == tensors.keys()
+        for name, t in tensors.items():
+            assert torch.equal(loaded[name], t)

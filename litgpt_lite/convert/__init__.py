@@ -89,7 +89,7 @@ def convert_to_litgpt(
             yield name, tensor
 
     def write(tmp: Path) -> None:
-        writer = SafetensorsWriter(tmp)
+        writer = SafetensorsWriter(tmp, expected_tensors=len(expected.state_dict()))
         try:
             for name, tensor in stream():
                 if config.tie_embeddings and name == "lm_head.weight":
@@ -160,7 +160,8 @@ def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | Non
                 if writer is not None:
                     writer.close()
                     shards.append((writer.path, names))
-                writer, names = SafetensorsWriter(tmp / f"shard-{len(shards)}.safetensors"), []
+                shard_path = tmp / f"shard-{len(shards)}.safetensors"
+                writer, names = SafetensorsWriter(shard_path, expected_tensors=len(state)), []
             writer.add(name, tensor)
             names.append(name)
             total += tensor.nbytes
