@@ -592,7 +592,8 @@ def serve(
         api, accelerator=accelerator, devices=devices, workers_per_device=workers_per_device, timeout=False
     )
     server.uvicorn_graceful_timeout = 3  # on shutdown, open requests get 3 s (LitServe's 30 s outlasts a SIGTERM)
-    signal.signal(signal.SIGTERM, partial(_on_sigterm, os.getpid()))
+    signal.signal(signal.SIGTERM, partial(_on_stop_signal, os.getpid()))
+    signal.signal(signal.SIGINT, partial(_on_stop_signal, os.getpid()))
     print(f"Serving {checkpoint_dir} at http://{host}:{port}/v1 (OpenAI API); Ctrl-C stops", flush=True)
     try:
         server.run(host=host, port=port, generate_client_file=False, log_level="warning")
@@ -646,12 +647,23 @@ def _accelerator(devices: int | str) -> tuple[str, int | str]:
     return "cuda", devices
 
 
-def _on_sigterm(server_pid: int, signum, frame) -> None:
-    """In the server process, SIGTERM shuts down like Ctrl-C (LitServe then stops its processes); a forked API
+def _on_stop_signal(server_pid: int, signum, frame) -> None:
+    """In the server process, SIGTERM and Ctrl-C shut down through LitServe's own path (KeyboardInterrupt), with a
+    watchdog: should that path hang on a worker, every child is stopped and the process exits anyway. A forked API
     server process inherits this handler and simply exits."""
-    if os.getpid() == server_pid:
-        raise KeyboardInterrupt
-    raise SystemExit(0)
+    if os.getpid() != server_pid:
+        raise SystemExit(0)
+    import threading
+
+    def force_exit() -> None:
+        _stop_children(grace=2.0)
+        os._exit(0)
+
+    if not any(t.name == "stop-watchdog" for t in threading.enumerate()):  # a second signal adds no second one
+        watchdog = threading.Timer(8.0, force_exit)
+        watchdog.name, watchdog.daemon = "stop-watchdog", True  # a clean shutdown does not wait for it
+        watchdog.start()
+    raise KeyboardInterrupt
 
 
 def _stop_children(grace: float = 5.0) -> None:
