@@ -3,8 +3,8 @@
 usage: python benchmarks/levers.py [--steps 8] [--out benchmarks/LEVERS.md]
 
 Runs `litgpt_lite pretrain` (the ordinary CLI, bundled corpus) on a 6-layer, 512-wide model with a 32k vocabulary at
-micro-batch 4 x 512, once per lever, in fresh processes, and reports the median per-step tokens/s after warm-up (compile's warm-up is
-excluded the same way) and the process's peak RSS.
+micro-batch 4 x 512, once per lever, in fresh processes, and reports the median per-step tokens/s after warm-up
+(compile's warm-up is excluded the same way) and the process's peak RSS.
 """
 
 import argparse
@@ -42,14 +42,36 @@ STEP = re.compile(r"step (\d+)/\d+ \|.*\| ([\d,.]+) tok/s")
 def run(flags: list[str], steps: int, work: Path) -> tuple[float, float]:
     model = work / "model.yaml"
     model.write_text(MODEL)
-    cmd = [sys.executable, "-c",
-           "import resource, sys; from litgpt_lite.__main__ import main; rc = main(sys.argv[1:]); "
-           "print('PEAK_RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024); sys.exit(rc)",
-           "pretrain", "--config", "config_hub/pretrain/debug.yaml", "--model_config", str(model),
-           "--train.max_steps", str(steps), "--train.max_seq_length", "512", "--train.micro_batch_size", "4",
-           "--train.global_batch_size", "4", "--train.log_interval", "1", "--eval.interval", "100000",
-           "--eval.initial_validation", "false", "--eval.final_validation", "false",
-           "--out_dir", str(work / "out"), *flags]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import resource, sys; from litgpt_lite.__main__ import main; rc = main(sys.argv[1:]); "
+        "print('PEAK_RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024); sys.exit(rc)",
+        "pretrain",
+        "--config",
+        "config_hub/pretrain/debug.yaml",
+        "--model_config",
+        str(model),
+        "--train.max_steps",
+        str(steps),
+        "--train.max_seq_length",
+        "512",
+        "--train.micro_batch_size",
+        "4",
+        "--train.global_batch_size",
+        "4",
+        "--train.log_interval",
+        "1",
+        "--eval.interval",
+        "100000",
+        "--eval.initial_validation",
+        "false",
+        "--eval.final_validation",
+        "false",
+        "--out_dir",
+        str(work / "out"),
+        *flags,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(flags) or 'baseline'} failed:\n{out.stderr[-2000:]}")
