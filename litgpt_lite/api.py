@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import resource
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,18 +13,26 @@ from litgpt_lite.errors import UserError
 from litgpt_lite.generate import SamplingParams, generate_completions, stream_generate
 
 
+def load_inference_model(checkpoint_dir: Path, device, precision: str | None = None, quantize: str | None = None):
+    """The GPT of a checkpoint in `precision` (default: the hardware's fast one), quantized when asked; also LoRA
+    output dirs and pre-quantized dirs. generate, chat, serve, evaluate and LLM all load through here."""
+    from litgpt_lite.precision import precision_dtype
+    from litgpt_lite.quantize import load_model_for_inference
+
+    dtype = precision_dtype(precision, device)
+    return load_model_for_inference(checkpoint_dir, device=device, dtype=dtype, quantize=quantize)
+
+
 def load_for_inference(checkpoint_dir: Path, device=None, precision: str | None = None, quantize: str | None = None):
     """(model, tokenizer, prompt_style) of a checkpoint directory, in the hardware's fast precision by default."""
     from litgpt_lite.checkpoint import validate_checkpoint_dir
-    from litgpt_lite.precision import precision_dtype, resolve_device
+    from litgpt_lite.precision import resolve_device
     from litgpt_lite.prompts import prompt_style_for
-    from litgpt_lite.quantize import load_model_for_inference
     from litgpt_lite.tokenizer import Tokenizer
 
     checkpoint_dir = validate_checkpoint_dir(checkpoint_dir, need_weights=False)  # the loader checks weights
     device = resolve_device(device)
-    dtype = precision_dtype(precision, device)
-    model = load_model_for_inference(checkpoint_dir, device=device, dtype=dtype, quantize=quantize)
+    model = load_inference_model(checkpoint_dir, device, precision, quantize)
     tokenizer = Tokenizer(checkpoint_dir)
     style = prompt_style_for(checkpoint_dir, tokenizer, model.config.name)
     return model, tokenizer, style
@@ -154,7 +161,3 @@ class LLM:
 
     def __repr__(self) -> str:
         return f"LLM({self.checkpoint_dir}, device={self.device})"
-
-
-def eprint(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)

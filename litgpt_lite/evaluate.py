@@ -258,15 +258,6 @@ def list_tasks(include_path: Path | None) -> None:
 
 
 # ---------------------------------------------------------------- the command
-def _load_model(checkpoint_dir: Path, device: torch.device, dtype: str | None, quantize: str | None):
-    from litgpt_lite.precision import precision_dtype
-
-    torch_dtype = precision_dtype(dtype, device)
-    from litgpt_lite.quantize import load_model_for_inference
-
-    return load_model_for_inference(checkpoint_dir, device=device, dtype=torch_dtype, quantize=quantize)
-
-
 def _parse_tasks(tasks: str | list[str] | None) -> list[str]:
     items = tasks.split(",") if isinstance(tasks, str) else list(tasks or [])
     names = [t.strip() for t in items if t.strip()]
@@ -332,9 +323,10 @@ def evaluate(
         include = [materialize_bundled_tasks(Path(tmp))] + ([Path(include_path)] if include_path else [])
         manager = task_manager_for(names, include)
         check_tasks_load(names, manager)
+        from litgpt_lite.api import load_inference_model
         from litgpt_lite.tokenizer import Tokenizer
 
-        model = _load_model(checkpoint_dir, torch_device, dtype, quantize)
+        model = load_inference_model(checkpoint_dir, torch_device, dtype, quantize)
         lm = LitLM(model, Tokenizer(checkpoint_dir), batch_size=batch_size, seed=seed)
         results = _run(lm, names, manager, num_fewshot, limit_value, seed)
     _report(results, out_dir)

@@ -428,6 +428,7 @@ class GenerationAPI(ls.LitAPI):
         self.model = self.tokenizer = None
 
     def setup(self, device) -> None:
+        from litgpt_lite.api import load_inference_model
         from litgpt_lite.tokenizer import Tokenizer
 
         self.model = load_inference_model(self.checkpoint_dir, device, self.precision, self.quantize)
@@ -524,16 +525,6 @@ class BatchingLoop(LitLoop):
 
 
 # ---------------------------------------------------------------- loading and the command
-def load_inference_model(checkpoint_dir: Path, device, precision: str | None = None, quantize: str | None = None):
-    """The GPT of a checkpoint in `precision` (default: the hardware's fast one), quantized when asked."""
-    from litgpt_lite.precision import precision_dtype
-
-    dtype = precision_dtype(precision, device)
-    from litgpt_lite.quantize import load_model_for_inference
-
-    return load_model_for_inference(checkpoint_dir, device=device, dtype=dtype, quantize=quantize)
-
-
 def serve(
     checkpoint_dir: Path,
     host: str = "127.0.0.1",

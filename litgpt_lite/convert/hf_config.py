@@ -32,10 +32,6 @@ ARCHITECTURES: dict[str, tuple[str, dict]] = {
 _MODEL_TYPE_TO_ARCH = {mt: arch for arch, (mt, _) in ARCHITECTURES.items()}
 
 
-def supported_architectures() -> list[str]:
-    return list(ARCHITECTURES)
-
-
 def architecture_of(hf: dict) -> str:
     archs = hf.get("architectures") or []
     for arch in archs:
