@@ -140,14 +140,18 @@ def _prompt_ids(llm, text: str) -> list[int]:
     return llm.tokenizer.encode(text)
 
 
-def _timed_generate(llm, prompts: list[list[int]], max_new_tokens: int) -> tuple[float, int]:
+def _timed_generate(llm, prompts: list[list[int]], max_new_tokens: int, ignore_eos: bool = False):
     """(seconds, generated tokens) of one greedy run of the generation core that `LLM.generate` uses."""
     from litgpt_lite.generate import generate_completions
 
-    params = llm._params(max_new_tokens, 0.0, None, 1.0, None, None)
+    params = llm._params(max_new_tokens, 0.0, None, 1.0, None, None, ignore_eos)
     t = time.perf_counter()
     out = generate_completions(llm.model, llm.tokenizer, prompts, params)
     return time.perf_counter() - t, sum(len(c.token_ids) for c in out)
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def decode(p: dict[str, Any]) -> dict[str, Any]:
@@ -162,32 +166,34 @@ def decode(p: dict[str, Any]) -> dict[str, Any]:
     for _ in range(p["reps"]):
         seconds, n = _timed_generate(llm, ids, p["max_new_tokens"])
         rates.append(n / seconds)
-    rates.sort()
-    return {"tokens_per_s": rates[len(rates) // 2], "new_tokens": n}
+    return {"tokens_per_s": _median(rates), "new_tokens": n}
 
 
 def batched_decode(p: dict[str, Any]) -> dict[str, Any]:
-    """Batch-1 rate on the first prompt vs one left-padded batch of all prompts, alternated in one process."""
+    """Batch-1 rate on the first prompt vs one left-padded batch of all prompts, alternated in one process.
+
+    Rows run to `max_new_tokens` (`ignore_eos=True`, as throughput benchmarks such as vLLM's do), so both sides
+    generate exactly the tokens they compute; the rates with rows stopping at eos are reported beside them."""
     from litgpt_lite.api import LLM
 
     llm = LLM.load(p["checkpoint_dir"], device="cpu", precision=p["precision"])
     ids = [_prompt_ids(llm, text) for text in p["prompts"]]
-    _timed_generate(llm, ids[:1], 4)
-    _timed_generate(llm, ids, 4)
-    single, batched = [], []
+    _timed_generate(llm, ids[:1], 4, True)
+    _timed_generate(llm, ids, 4, True)
+    rates: dict[str, list[float]] = {}
     for _ in range(p["reps"]):
-        s, n = _timed_generate(llm, ids[:1], p["max_new_tokens"])
-        single.append(n / s)
-        s, n = _timed_generate(llm, ids, p["max_new_tokens"])
-        batched.append(n / s)
-    single.sort()
-    batched.sort()
-    return {
-        "batch1_tokens_per_s": single[len(single) // 2],
-        "batched_tokens_per_s": batched[len(batched) // 2],
-        "batch_size": len(ids),
-        "prompt_lengths": [len(i) for i in ids],
-    }
+        for key, prompts, ignore_eos in (
+            ("batch1_tokens_per_s", ids[:1], True),
+            ("batched_tokens_per_s", ids, True),
+            ("batch1_eos_tokens_per_s", ids[:1], False),
+            ("batched_eos_tokens_per_s", ids, False),
+        ):
+            s, n = _timed_generate(llm, prompts, p["max_new_tokens"], ignore_eos)
+            rates.setdefault(key, []).append(n / s)
+            if key == "batched_eos_tokens_per_s":
+                rates.setdefault("batched_eos_tokens", []).append(n)
+    out = {key: _median(v) for key, v in rates.items()}
+    return {**out, "batch_size": len(ids), "prompt_lengths": [len(i) for i in ids]}
 
 
 def convert(p: dict[str, Any]) -> dict[str, Any]:

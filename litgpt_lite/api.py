@@ -94,8 +94,8 @@ class LLM:
         text = self.prompt_style.apply(prompt, sys_prompt=sys_prompt) if apply_prompt_style else prompt
         return self.tokenizer.encode(text)
 
-    def _params(self, max_new_tokens, temperature, top_k, top_p, stop, seed) -> SamplingParams:
-        stop_ids = self.prompt_style.stop_sequences(self.tokenizer)
+    def _params(self, max_new_tokens, temperature, top_k, top_p, stop, seed, ignore_eos=False) -> SamplingParams:
+        stop_ids = [] if ignore_eos else self.prompt_style.stop_sequences(self.tokenizer)  # eos and end-of-turn ids
         stop = [stop] if isinstance(stop, str) else list(stop or [])
         return SamplingParams(
             max_new_tokens=max_new_tokens,
@@ -105,6 +105,7 @@ class LLM:
             seed=seed,
             stop=stop,
             stop_token_ids=stop_ids,
+            ignore_eos=ignore_eos,
         )
 
     def generate(
@@ -119,17 +120,19 @@ class LLM:
         sys_prompt: str | None = None,
         seed: int | None = None,
         apply_prompt_style: bool = True,
+        ignore_eos: bool = False,
     ) -> str | list[str] | Iterator[str]:
         """Complete one prompt (returns str) or a batch (returns list[str]); `stream=True` yields text deltas.
 
         Prompts of different lengths run as one left-padded batch. The prompt style (chat template) is applied unless
-        `apply_prompt_style=False`. A stream over a list of prompts yields `(index, delta)` pairs.
+        `apply_prompt_style=False`. A stream over a list of prompts yields `(index, delta)` pairs. `ignore_eos=True`
+        runs every prompt to `max_new_tokens` past the tokenizer's end-of-sequence (fixed-length outputs).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise UserError("generate() needs at least one prompt")
         ids = [self._encode(p, sys_prompt, apply_prompt_style) for p in prompts]
-        params = self._params(max_new_tokens, temperature, top_k, top_p, stop, seed)
+        params = self._params(max_new_tokens, temperature, top_k, top_p, stop, seed, ignore_eos)
         if stream:
             return self._stream(ids, params, single=isinstance(prompt, str))
         texts = [c.text for c in generate_completions(self.model, self.tokenizer, ids, params)]

@@ -230,13 +230,13 @@ class SafetensorsReader:
         entry = self.entries[name]
         start, end = entry["data_offsets"]
         dtype = _DTYPE_NAMES[entry["dtype"]]
-        buf = bytearray(end - start)
-        with open(self.path, "rb") as f:
-            f.seek(self._data_start + start)
-            f.readinto(buf)
-        if not buf:
-            return torch.empty(entry["shape"], dtype=dtype)
-        return torch.frombuffer(buf, dtype=dtype).reshape(entry["shape"])
+        raw = torch.empty(end - start, dtype=torch.uint8)  # not zero-filled: the read overwrites every byte
+        if raw.numel():
+            with open(self.path, "rb") as f:
+                f.seek(self._data_start + start)
+                if f.readinto(memoryview(raw.numpy())) != raw.numel():
+                    raise UserError(f"{self.path} is truncated: {name} is cut short; re-create the file")
+        return raw.view(dtype).reshape(entry["shape"])
 
 
 class SafetensorsWriter:

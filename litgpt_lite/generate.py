@@ -26,6 +26,7 @@ class SamplingParams:
     seed: int | None = None
     stop: Sequence[str] = ()  # stop strings (may span token boundaries)
     stop_token_ids: Sequence[Sequence[int]] = ()  # stop token sequences besides the tokenizer's eos
+    ignore_eos: bool = False  # run on past the tokenizer's eos/stop ids (fixed-length outputs, throughput runs)
 
     def validate(self) -> None:
         if self.temperature < 0:
@@ -127,13 +128,21 @@ def _decode(model, tokenizer, prompts, rows: list[_Row], T: int, budget: int, de
         return
     hidden = model(idx, input_pos=0, pad_lens=pad_lens if has_pad else None, return_hidden=True)
     logits = model.logits(hidden[:, -1])  # (B, V)
+    live = list(range(B))  # batch slot -> row; finished rows leave the batch so no step is spent on them
     for step in range(budget):
-        next_tokens = _sample(logits, rows)
-        deltas = [_advance(row, b, int(next_tokens[b]), tokenizer, stop_ids) for b, row in enumerate(rows)]
+        next_tokens = _sample(logits, [rows[b] for b in live])
+        deltas = [_advance(rows[b], b, int(next_tokens[i]), tokenizer, stop_ids) for i, b in enumerate(live)]
         yield [d for d in deltas if d is not None]
-        if all(r.finish_reason for r in rows) or step == budget - 1:
+        keep = [i for i, b in enumerate(live) if not rows[b].finish_reason]
+        if not keep or step == budget - 1:
             break
-        feed = next_tokens.view(B, 1).to(device)
+        if len(keep) < len(live):
+            keep_t = torch.tensor(keep, device=device)
+            model.keep_kv_cache_rows(keep_t)
+            pad_lens, next_tokens = pad_lens[keep_t], next_tokens[keep]
+            live = [live[i] for i in keep]
+            has_pad = bool(pad_lens.any())
+        feed = next_tokens.view(len(live), 1).to(device)
         logits = model(feed, input_pos=T + step, pad_lens=pad_lens if has_pad else None)[:, -1]
 
 
@@ -141,7 +150,7 @@ def _advance(row: _Row, b: int, token: int, tokenizer, stop_ids: set[int]) -> To
     """Append one sampled token to a row; return what it adds for the caller."""
     if row.finish_reason:
         return None
-    if token in stop_ids:
+    if token in stop_ids and not row.params.ignore_eos:
         return _finish(row, b, "stop")
     row.tokens.append(token)
     row.text += row.decoder.step(token)

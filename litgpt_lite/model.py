@@ -113,6 +113,11 @@ class GPT(nn.Module):
                 self.config, block.attn.layer, batch_size, max_seq_length, param.device, dtype
             )
 
+    def keep_kv_cache_rows(self, rows: torch.Tensor) -> None:
+        """Shrink every layer's KV cache to the batch rows `rows` (in that order), e.g. when some rows finished."""
+        for block in self.transformer.h:
+            block.attn.kv_cache.keep_rows(rows)
+
     def clear_kv_cache(self) -> None:
         for block in self.transformer.h:
             block.attn.kv_cache = None
@@ -255,6 +260,10 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("slot_times", torch.full((slots,), -1, device=device, dtype=torch.long), persistent=False)
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        self.k = self.k.index_select(0, rows)
+        self.v = self.v.index_select(0, rows)
 
     def update(self, times: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Store the new keys/values at `times`; return the keys, values and times to attend over."""

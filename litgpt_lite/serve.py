@@ -53,6 +53,7 @@ class _Body(BaseModel):
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)  # not in the OpenAI API; vLLM and others accept it as an extra field
+    ignore_eos: bool = False  # vLLM's extra field: generate past eos, up to max_tokens
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
@@ -260,7 +261,7 @@ class OpenAIServeSpec(LitSpec):
     def _work_items(self, body: _Body, prompts: list[list[int]], chat: bool) -> list[dict[str, Any]]:
         """One work item per (prompt, choice): the prompt ids and that row's sampling parameters."""
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        stop_token_ids = self.style.stop_sequences(self.tokenizer) if chat else []
+        stop_token_ids = self.style.stop_sequences(self.tokenizer) if chat and not body.ignore_eos else []
         requested = body.max_completion_tokens or body.max_tokens or self.defaults["max_new_tokens"]
         fault = os.environ.get(FAULT_ENV)
         items = []
@@ -274,6 +275,7 @@ class OpenAIServeSpec(LitSpec):
                     "seed": None if body.seed is None else body.seed + i,  # n choices differ when sampling
                     "stop": stop,
                     "stop_token_ids": stop_token_ids,
+                    "ignore_eos": body.ignore_eos,
                 }
                 fail = bool(fault) and fault in self.tokenizer.decode(ids)
                 items.append({"prompt": ids, "params": params, "fail_after_first_token": fail})

@@ -112,6 +112,43 @@ def test_batched_greedy_equals_one_at_a_time():
         assert len(got) == 12
 
 
+def test_finished_rows_leave_the_batch_and_the_rest_is_unchanged():
+    """Rows that finish early are dropped from the KV cache batch; the rows left go on exactly as alone."""
+    model = tiny("gemma2_softcap", block_size=64)  # sliding ring buffer + softcaps + padding
+    gen = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(1, 50, (n,), generator=gen).tolist() for n in (3, 9, 6, 2)]
+    budgets = [2, 12, 5, 9]
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    got = [[] for _ in prompts]
+    cache_rows = []
+    params = [SamplingParams(max_new_tokens=n) for n in budgets]
+    for deltas in stream_generate(model, tok, prompts, params):
+        cache_rows.append(model.transformer.h[0].attn.kv_cache.k.shape[0])
+        for d in deltas:
+            if d.token_id is not None:
+                got[d.row].append(d.token_id)
+    for p, n, row in zip(prompts, budgets, got):
+        assert row == greedy_tokens(model, p, n)
+    assert cache_rows[0] == 4 and cache_rows[-1] == 1  # the batch shrank as rows finished
+    assert sorted(set(cache_rows), reverse=True) == [4, 3, 2, 1]
+
+
+def test_ignore_eos_runs_to_max_new_tokens():
+    model = tiny("llama_gqa", block_size=64)
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    free = greedy_tokens(model, [1, 2, 3], 8)
+    tok.stop_ids = {free[0]}  # the first greedy token is now the end-of-sequence token
+
+    def run(**kw):
+        out = [d for ds in stream_generate(model, tok, [[1, 2, 3]], SamplingParams(max_new_tokens=8, **kw)) for d in ds]
+        return [d.token_id for d in out if d.finish_reason != "stop"], out[-1].finish_reason
+
+    assert run() == ([], "stop")
+    assert run(ignore_eos=True) == (free, "length")
+
+
 def test_stop_strings_across_token_boundaries():
     assert _find_stop("hello wor", ["lo w"], 0) == 3
     assert _held_back("abc</", ["</s>"]) == 2
