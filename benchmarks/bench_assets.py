@@ -4,6 +4,7 @@ a random token stream for pretraining, Alpaca-like SFT records, and the real Smo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from bench_common import alpaca_like_records
 
 HERE = Path(__file__).resolve().parent
 SMOLLM2_HF = Path.home() / ".cache" / "litgpt_lite" / "smollm2_hf"
+# a folder with just SmolLM2's tokenizer files, for machines without the weights (the random-init workloads only)
+TOKENIZER_DIR = os.environ.get("BENCH_TOKENIZER_DIR")
 SMOLLM2_TOOL = HERE.parent.parent / "shared" / "tools" / "smollm2_hf.py"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
@@ -26,10 +29,18 @@ def smollm2_hf() -> Path:
     return SMOLLM2_HF
 
 
+def real_weights_available() -> bool:
+    return (SMOLLM2_HF / "model.safetensors").is_file() or SMOLLM2_TOOL.is_file()
+
+
+def tokenizer_dir() -> Path:
+    return Path(TOKENIZER_DIR) if TOKENIZER_DIR else smollm2_hf()
+
+
 def _copy_tokenizer(dst: Path) -> None:
     for name in TOKENIZER_FILES:
-        if (smollm2_hf() / name).is_file():
-            shutil.copy2(smollm2_hf() / name, dst / name)
+        if (tokenizer_dir() / name).is_file():
+            shutil.copy2(tokenizer_dir() / name, dst / name)
 
 
 def litgpt_weights(state: dict, config, out_dir: Path) -> None:
@@ -59,7 +70,7 @@ def random_init(name: str, root: Path, seed: int = 1234) -> tuple[Path, Path]:
     torch.manual_seed(seed)
     config = Config.from_name(name)
     model = GPT(config)
-    save_checkpoint(model, config, ours, tokenizer_dir=smollm2_hf(), prompt_style="alpaca")
+    save_checkpoint(model, config, ours, tokenizer_dir=tokenizer_dir(), prompt_style="alpaca")
     litgpt_weights(model.state_dict(), config, theirs)
     return ours, theirs
 

@@ -45,17 +45,25 @@ class StepClock:
     """
 
     def __init__(self) -> None:
+        import torch
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         self.ends: list[float] = []
         self.peaks: list[float] = []
+        self.gpu_peaks: list[float] = []
+        self._cuda = torch.cuda if torch.cuda.is_available() else None
         self._handle = register_optimizer_step_post_hook(self._hook)
 
     def _hook(self, optimizer, args, kwargs) -> None:
+        if self._cuda is not None:
+            self._cuda.synchronize()
+            self.gpu_peaks.append(self._cuda.max_memory_allocated() / 2**20)
         self.ends.append(time.perf_counter())
         self.peaks.append(peak_rss_mb())
         if len(self.ends) == 1:
             reset_peak_rss()
+            if self._cuda is not None:
+                self._cuda.reset_peak_memory_stats()
 
     def close(self) -> None:
         self._handle.remove()
@@ -70,19 +78,32 @@ class StepClock:
     def peak_mb(self) -> float:
         return max(self.peaks[1:]) if len(self.peaks) > 1 else float("nan")
 
+    def memory(self) -> dict[str, float]:
+        """Steady-state peaks: RSS, and GPU memory allocated where a GPU ran."""
+        out = {"peak_rss_mb": self.peak_mb}
+        if len(self.gpu_peaks) > 1:
+            out["peak_gpu_mb"] = max(self.gpu_peaks[1:])
+        return out
+
 
 # ---------------------------------------------------------------- matmul peak for MFU
-def measured_matmul_flops(n: int = 1024, seconds: float = 1.5) -> float:
-    """The best fp32 matmul FLOP/s this process gets right now (the MFU denominator on CPU)."""
+def measured_matmul_flops(n: int = 1024, seconds: float = 1.5, device: str = "cpu") -> float:
+    """The best matmul FLOP/s this process gets right now (the MFU denominator): fp32 on a CPU, bf16 n=8192 on a
+    GPU (the precision the GPU runs train in)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    cuda = device == "cuda"
+    n = 8192 if cuda else n
+    dtype = torch.bfloat16 if cuda else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         t = time.perf_counter()
         a @ b
+        if cuda:
+            torch.cuda.synchronize()
         best = max(best, 2 * n**3 / (time.perf_counter() - t))
     return best
 

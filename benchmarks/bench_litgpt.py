@@ -67,9 +67,9 @@ def pretrain(p: dict[str, Any]) -> dict[str, Any]:
     from litgpt.utils import instantiate_torch_optimizer
     from torch.utils.data import DataLoader
 
-    peak = measured_matmul_flops()
+    peak = measured_matmul_flops(device=p.get("device", "cpu"))
     mb, T, steps = p["micro_batch"], p["seq_len"], p["steps"]
-    fabric = L.Fabric(accelerator="cpu", devices=1, precision="32-true")
+    fabric = L.Fabric(accelerator=p.get("device", "cpu"), devices=1, precision=p.get("precision", "32-true"))
     fabric.seed_everything(p["seed"])
     config = Config.from_name(p["name"])
     with fabric.init_module(empty_init=True):
@@ -104,7 +104,7 @@ def pretrain(p: dict[str, Any]) -> dict[str, Any]:
     seconds, timed = clock.steady()
     return {
         "tokens_per_s": mb * T * timed / seconds,
-        "peak_rss_mb": clock.peak_mb,
+        **clock.memory(),
         "steps_timed": timed,
         "matmul_peak_flops": peak,
     }
@@ -137,7 +137,7 @@ def finetune_full(p: dict[str, Any]) -> dict[str, Any]:
         setup(
             Path(p["checkpoint_dir"]),
             out_dir=Path(out),
-            precision="32-true",
+            precision=p.get("precision", "32-true"),
             data=data,
             train=_train_args(p, max_steps=None, epochs=1),
             eval=_eval_args(),
@@ -149,7 +149,7 @@ def finetune_full(p: dict[str, Any]) -> dict[str, Any]:
     total, real = len(clock.ends), _real_tokens(data)
     return {
         "tokens_per_s": real / (seconds * total / timed),
-        "peak_rss_mb": clock.peak_mb,
+        **clock.memory(),
         "steps": total,
         "real_tokens": real,
     }
@@ -165,7 +165,7 @@ def finetune_lora(p: dict[str, Any]) -> dict[str, Any]:
         setup(
             Path(p["checkpoint_dir"]),
             out_dir=Path(out),
-            precision="32-true",
+            precision=p.get("precision", "32-true"),
             lora_r=8,
             lora_alpha=16,
             lora_dropout=0.05,
@@ -182,20 +182,21 @@ def finetune_lora(p: dict[str, Any]) -> dict[str, Any]:
     seconds, timed = clock.steady()
     return {
         "tokens_per_s": p["micro_batch"] * p["seq_len"] * timed / seconds,
-        "peak_rss_mb": clock.peak_mb,
+        **clock.memory(),
         "steps_timed": timed,
     }
 
 
 def decode(p: dict[str, Any]) -> dict[str, Any]:
-    """Greedy decode, batch 1, with LitGPT's `generate` (what `litgpt generate` runs), stopping at eos like ours."""
+    """Greedy decode, batch 1, with LitGPT's `generate` (what `litgpt generate` runs), generating exactly
+    `max_new_tokens` (eos_id=None). With `compile`, the decode step is compiled as `litgpt generate --compile` does."""
     import lightning as L
     import torch
     from litgpt import GPT, Config, Tokenizer
-    from litgpt.generate.base import generate
+    from litgpt.generate import base
 
     ckpt = Path(p["checkpoint_dir"])
-    fabric = L.Fabric(accelerator="cpu", devices=1, precision=p["precision"])
+    fabric = L.Fabric(accelerator=p.get("device", "cpu"), devices=1, precision=p["precision"])
     tokenizer = Tokenizer(ckpt)
     config = Config.from_file(ckpt / "model_config.yaml")
     with fabric.init_module(empty_init=True):
@@ -203,24 +204,26 @@ def decode(p: dict[str, Any]) -> dict[str, Any]:
     model.load_state_dict(torch.load(ckpt / "lit_model.pth", mmap=True, weights_only=True))
     model.eval()
     model = fabric.setup_module(model)
-    ids = tokenizer.encode(p["prompt"])
+    ids = tokenizer.encode(p["prompt"], device=fabric.device)
+    if p.get("compile"):  # as litgpt/generate/base.py main() does for --compile
+        torch._dynamo.config.automatic_dynamic_shapes = True
+        torch._inductor.config.triton.unique_kernel_names = True
+        torch._inductor.config.coordinate_descent_tuning = True
+        base.next_token = torch.compile(base.next_token, mode="reduce-overhead")
+    model.max_seq_length = len(ids) + p["max_new_tokens"]
+    with fabric.init_tensor():
+        model.set_kv_cache(batch_size=1)
 
     def run(max_new: int) -> tuple[float, int]:
-        model.max_seq_length = len(ids) + max_new
-        model.set_kv_cache(batch_size=1)
         t = time.perf_counter()
-        out = generate(
-            model, ids, len(ids) + max_new, temperature=0.0, top_k=None, eos_id=tokenizer.eos_id, include_prompt=False
+        out = base.generate(
+            model, ids, len(ids) + max_new, temperature=0.0, top_k=None, eos_id=None, include_prompt=False
         )
-        seconds = time.perf_counter() - t
-        n = len(out)
-        if n and int(out[-1]) == tokenizer.eos_id:
-            n -= 1  # ours does not count the eos it stops on either
-        model.clear_kv_cache()
-        return seconds, n
+        n = len(out.tolist())  # the tokens on the host: the GPU is done
+        return time.perf_counter() - t, n
 
     with torch.inference_mode():
-        run(4)
+        run(p["max_new_tokens"])
         rates = []
         for _ in range(p["reps"]):
             seconds, n = run(p["max_new_tokens"])

@@ -36,7 +36,7 @@ def _eval_args():
 
 def _train_result(clock: StepClock, tokens_per_step: float, peak_flops: float | None = None) -> dict[str, Any]:
     seconds, steps = clock.steady()
-    out = {"tokens_per_s": tokens_per_step * steps / seconds, "peak_rss_mb": clock.peak_mb, "steps_timed": steps}
+    out = {"tokens_per_s": tokens_per_step * steps / seconds, **clock.memory(), "steps_timed": steps}
     if peak_flops:
         out["matmul_peak_flops"] = peak_flops
     return out
@@ -47,7 +47,7 @@ def pretrain(p: dict[str, Any]) -> dict[str, Any]:
     from litgpt_lite.data.text import TokenShardData
     from litgpt_lite.train.pretrain import pretrain as run_pretrain
 
-    peak = measured_matmul_flops()
+    peak = measured_matmul_flops(device=p.get("device", "cpu"))
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
         run_pretrain(
@@ -56,7 +56,7 @@ def pretrain(p: dict[str, Any]) -> dict[str, Any]:
             data=TokenShardData(Path(p["data_dir"]) / "tokens", val_split_fraction=0.01),
             train=_train_args(p),
             eval=_eval_args(),
-            precision="32-true",
+            precision=p.get("precision", "32-true"),
             seed=p["seed"],
         )
     clock.close()
@@ -86,7 +86,7 @@ def _epoch_result(clock: StepClock, real_tokens: int) -> dict[str, Any]:
     total = len(clock.ends)
     return {
         "tokens_per_s": real_tokens / (seconds * total / steps),
-        "peak_rss_mb": clock.peak_mb,
+        **clock.memory(),
         "steps": total,
         "real_tokens": real_tokens,
     }
@@ -104,7 +104,7 @@ def finetune_full(p: dict[str, Any]) -> dict[str, Any]:
             data=_sft_data(p),
             train=_train_args(p, max_steps=None, epochs=1, max_norm=None),
             eval=_eval_args(),
-            precision="32-true",
+            precision=p.get("precision", "32-true"),
             seed=p["seed"],
         )
     clock.close()
@@ -128,7 +128,7 @@ def finetune_lora(p: dict[str, Any]) -> dict[str, Any]:
             data=_sft_data({**p, "packing": False}),
             train=_train_args(p, chunked_ce=p.get("chunked_ce", 0), max_norm=None),
             eval=_eval_args(),
-            precision="32-true",
+            precision=p.get("precision", "32-true"),
             seed=p["seed"],
         )
     clock.close()
@@ -154,17 +154,23 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def decode(p: dict[str, Any]) -> dict[str, Any]:
-    """Greedy decode, batch 1: `LLM.load(..., precision=...)`, then the generation core; tokens/s over the whole
-    call (prefill + decode), median of `reps` after one warm-up."""
+def _load(p: dict[str, Any]):
     from litgpt_lite.api import LLM
 
-    llm = LLM.load(p["checkpoint_dir"], device="cpu", precision=p["precision"])
+    device = p.get("device", "cpu")
+    return LLM.load(p["checkpoint_dir"], device=device, precision=p["precision"], compile=p.get("compile", False))
+
+
+def decode(p: dict[str, Any]) -> dict[str, Any]:
+    """Greedy decode, batch 1: `LLM.load(..., precision=..., compile=...)`, then the generation core, generating
+    exactly `max_new_tokens` (no stop at eos, like LitGPT's side); tokens/s over the whole call (prefill + decode),
+    median of `reps` after one full-length warm-up (which also compiles, when asked)."""
+    llm = _load(p)
     ids = [_prompt_ids(llm, p["prompt"])]
-    _timed_generate(llm, ids, 4)
+    _timed_generate(llm, ids, p["max_new_tokens"], True)
     rates = []
     for _ in range(p["reps"]):
-        seconds, n = _timed_generate(llm, ids, p["max_new_tokens"])
+        seconds, n = _timed_generate(llm, ids, p["max_new_tokens"], True)
         rates.append(n / seconds)
     return {"tokens_per_s": _median(rates), "new_tokens": n}
 
@@ -174,9 +180,7 @@ def batched_decode(p: dict[str, Any]) -> dict[str, Any]:
 
     Rows run to `max_new_tokens` (`ignore_eos=True`, as throughput benchmarks such as vLLM's do), so both sides
     generate exactly the tokens they compute; the rates with rows stopping at eos are reported beside them."""
-    from litgpt_lite.api import LLM
-
-    llm = LLM.load(p["checkpoint_dir"], device="cpu", precision=p["precision"])
+    llm = _load(p)
     ids = [_prompt_ids(llm, text) for text in p["prompts"]]
     _timed_generate(llm, ids[:1], 4, True)
     _timed_generate(llm, ids, 4, True)

@@ -34,6 +34,7 @@ from bench_common import emit, parse_result  # noqa: E402
 
 DEFAULT_LITGPT_PYTHON = Path(os.environ.get("LITGPT_PYTHON", "/work/bench-venv/bin/python"))
 EXTRA = ("pretrain_pythia14m",)  # not part of `all`: a seconds-long workload for smoke tests
+CPU_EXTRA = ("decode_bf16_compiled",)  # compiling the decode step does not pay on a CPU (benchmarks/README.md)
 PROMPT = "The history of the printing press begins"
 BATCH_PROMPTS = [
     "Hi",
@@ -76,18 +77,22 @@ class Workload:
 
 def workloads(a: argparse.Namespace) -> dict[str, Workload]:
     mb, T, steps = a.micro_batch, a.seq_len, a.steps + 1  # +1: the warm-up step
-    base = {"micro_batch": mb, "seq_len": T, "steps": steps, "seed": 42}
+    gpu = a.device == "cuda"
+    prec = "bf16-mixed" if gpu else "32-true"  # training precision, both sides
+    plabel = "bf16-mixed" if gpu else "fp32"
+    base = {"micro_batch": mb, "seq_len": T, "steps": steps, "seed": 42, "device": a.device, "precision": prec}
     tok = Metric("tokens_per_s", "tokens/s", True, 1.10)
-    rss = Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False, 1.0)
-    mfu = Metric("mfu", "MFU vs measured fp32 matmul peak", True)
+    rss = Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False, None if gpu else 1.0)
+    gmem = [Metric("peak_gpu_mb", "peak GPU memory MiB (steps 2..n)", False, 1.0)] if gpu else []
+    mfu = Metric("mfu", "MFU vs measured matmul peak", True)
     out: dict[str, Workload] = {}
     for key, name in (("pythia14m", "pythia-14m"), ("pythia70m", "pythia-70m"), ("smollm2", "SmolLM2-135M")):
         p = {**base, "name": name, "init": name}
         out[f"pretrain_{key}"] = Workload(
             f"pretrain_{key}",
-            f"pretraining step, {name}, fp32, micro-batch {mb} x {T}",
+            f"pretraining step, {name}, {plabel}, micro-batch {mb} x {T}",
             (Side("LitGPT", "litgpt", "pretrain", p), Side("litgpt_lite", "ours", "pretrain", p)),
-            [tok, rss, mfu],
+            [tok, *gmem, rss, mfu],
             needs=(f"init:{name}", "tokens"),
         )
     sft = {**base, "name": a.sft_model, "init": a.sft_model, "data": "sft", "seq_len": a.sft_seq_len}
@@ -96,15 +101,16 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
         f"full fine-tune, {a.sft_model}, {a.sft_samples} Alpaca-like samples (one epoch), micro-batch "
         f"{mb}, max_seq_length {a.sft_seq_len}: ours packs, LitGPT pads",
         (Side("LitGPT", "litgpt", "finetune_full", sft), Side("litgpt_lite", "ours", "finetune_full", sft)),
-        [Metric("tokens_per_s", "real (non-pad) tokens/s", True, 2.0), rss],
+        [Metric("tokens_per_s", "real (non-pad) tokens/s", True, 2.0), *gmem, rss],
         needs=(f"init:{a.sft_model}", "sft"),
     )
     lora = {**base, "name": "SmolLM2-135M", "init": "SmolLM2-135M", "data": "sft_long", "chunked_ce": a.chunked_ce}
     out["lora"] = Workload(
         "lora",
-        f"LoRA r=8 (query, value), SmolLM2-135M, fp32, micro-batch {mb} x {T}; ours --train.chunked_ce {a.chunked_ce}",
+        f"LoRA r=8 (query, value), SmolLM2-135M, {plabel}, micro-batch {mb} x {T}; ours --train.chunked_ce "
+        f"{a.chunked_ce}",
         (Side("LitGPT", "litgpt", "finetune_lora", lora), Side("litgpt_lite", "ours", "finetune_lora", lora)),
-        [tok, Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False, 0.85)],
+        [tok, *[Metric(m.key, m.name, False, 0.85) for m in gmem or [rss]], *([rss] if gmem else [])],
         needs=("init:SmolLM2-135M", "sft_long"),
     )
     out["qlora"] = Workload(
@@ -115,29 +121,42 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
             Side("ours LoRA", "ours", "finetune_lora", lora),
             Side("ours QLoRA nf4", "ours", "finetune_lora", {**lora, "quantize": "bnb.nf4"}),
         ),
-        [Metric("tokens_per_s", "tokens/s", True), Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False)],
+        [Metric("tokens_per_s", "tokens/s", True), *[Metric(m.key, m.name, False) for m in gmem], rss],
         needs=("init:SmolLM2-135M", "sft_long"),
     )
-    for prec, label in (("32-true", "fp32"), ("bf16-true", "bf16")):
-        p = {"data": "real", "precision": prec, "prompt": PROMPT, "max_new_tokens": a.new_tokens, "reps": 2}
-        out[f"decode_{label}"] = Workload(
-            f"decode_{label}",
-            f"greedy decode, batch 1, SmolLM2-135M-Instruct, {label}, {a.new_tokens} new tokens",
+    real = a.decode_weights == "real"
+    weights = ("real", "SmolLM2-135M-Instruct") if real else ("init", "SmolLM2-135M (random init)")
+    dec = {"data": "real"} if real else {"init": "SmolLM2-135M"}
+    dec_needs = ("real",) if real else ("init:SmolLM2-135M",)
+    dec.update(device=a.device, prompt=PROMPT, max_new_tokens=a.new_tokens, reps=2)
+    for prec, label, compiled in (
+        ("32-true", "fp32", False),
+        ("bf16-true", "bf16", False),
+        ("bf16-true", "bf16", True),
+    ):
+        p = {**dec, "precision": prec, "compile": compiled}
+        name = f"decode_{label}" + ("_compiled" if compiled else "")
+        how = ", each side's decode step compiled (LitGPT: its `generate --compile`)" if compiled else ""
+        out[name] = Workload(
+            name,
+            f"greedy decode, batch 1, {weights[1]}, {label}, {a.new_tokens} new tokens{how}",
             (Side("LitGPT", "litgpt", "decode", p), Side("litgpt_lite", "ours", "decode", p)),
             [Metric("tokens_per_s", "tokens/s (prefill + decode)", True, 1.3)],
-            needs=("real",),
+            needs=dec_needs,
+            note="both sides generate exactly the new tokens (no stop at eos)",
         )
-    p = {"data": "real", "precision": "32-true", "prompts": BATCH_PROMPTS, "max_new_tokens": a.new_tokens, "reps": 1}
+    bprec = "bf16-true" if gpu else "32-true"
+    p = {**dec, "precision": bprec, "prompts": BATCH_PROMPTS, "reps": 1}
     out["batched_decode"] = Workload(
         "batched_decode",
         f"batched greedy decode, {len(BATCH_PROMPTS)} prompts of different lengths vs batch 1 "
-        "(ours only: LitGPT cannot batch prompts of different lengths), fp32",
+        f"(ours only: LitGPT cannot batch prompts of different lengths), {'bf16' if gpu else 'fp32'}",
         (Side("ours batch 1", "ours", "batched_decode", p), Side("ours batch 8", "ours", "batched_decode", p)),
         [
             Metric("tokens_per_s", "total tokens/s, every row to max_new_tokens (ignore_eos)", True, 3.0),
             Metric("eos_tokens_per_s", "total tokens/s, rows stopping at eos", True),
         ],
-        needs=("real",),
+        needs=dec_needs,
         note="one process per run measures both, alternating batch 1 and batch 8; finished rows leave the batch",
     )
     p = {"data": "hf", "litgpt_model_name": "SmolLM2-135M-Instruct"}
@@ -149,14 +168,14 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
         needs=("real",),
         note="each side's `convert_to_litgpt` CLI as a whole process, as a user runs it (imports included)",
     )
-    p = {"data": "real"}
+    p = {**({"data": "real"} if real else {"init": "SmolLM2-135M"}), "precision": bprec}
     out["ttft"] = Workload(
         "ttft",
         "time to first token of the `generate` CLI as a whole process (imports included), "
-        "SmolLM2-135M-Instruct, fp32, --max_new_tokens 1",
+        f"{weights[1]}, {'bf16' if gpu else 'fp32'}, --max_new_tokens 1",
         (Side("LitGPT", "litgpt", "ttft", p), Side("litgpt_lite", "ours", "ttft", p)),
         [Metric("ttft_s", "time to first token s", False, 0.8), Metric("process_s", "whole process s", False)],
-        needs=("real",),
+        needs=dec_needs,
     )
     return out
 
@@ -247,7 +266,7 @@ def run_ttft(a: argparse.Namespace, env: str, params: dict[str, Any]) -> dict[st
         "--temperature",
         "0",
         "--precision",
-        "32-true",
+        params.get("precision", "32-true"),
     ]
     if env == "ours":
         cmd = [sys.executable, "-m", "litgpt_lite", "generate", *common]
@@ -557,7 +576,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--timeout", type=int, default=1200, help="seconds per process")
     p.add_argument("--merge", action="store_true", help="add to the existing results.json instead of replacing it")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when present")
+    p.add_argument(
+        "--decode-weights",
+        choices=("auto", "real", "init"),
+        default="auto",
+        help="decode/ttft weights: the real SmolLM2-135M-Instruct, or random-init SmolLM2-135M (auto: real when its\n"
+        "HF folder exists or can be built here)",
+    )
     a = p.parse_args(argv)
+    if a.device == "auto":
+        import torch
+
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if a.decode_weights == "auto":
+        import bench_assets
+
+        a.decode_weights = "real" if bench_assets.real_weights_available() else "init"
     if a.full:
         a.micro_batch, a.seq_len, a.steps = 4, 512, 3
         if a.sft_model == "pythia-70m":
@@ -575,10 +610,12 @@ def main(argv: list[str] | None = None) -> int:
     table = workloads(a)
     if a.list:
         for name, w in table.items():
-            print(f"{name:18s} {w.title}{'  (not in all)' if name in EXTRA else ''}")
+            extra = name in EXTRA or (a.device == "cpu" and name in CPU_EXTRA)
+            print(f"{name:20s} {w.title}{'  (not in all)' if extra else ''}")
         return 0
+    skip = EXTRA + (CPU_EXTRA if a.device == "cpu" else ())
     names = (
-        [n for n in table if n not in EXTRA]
+        [n for n in table if n not in skip]
         if a.workloads == "all"
         else [n.strip() for n in a.workloads.split(",") if n.strip()]
     )

@@ -82,8 +82,8 @@ class LLM:
 
             path = ensure_checkpoint(str(model), access_token=access_token, checkpoint_dir=checkpoint_dir)
         gpt, tokenizer, style = load_for_inference(path, device, precision, quantize)
-        if compile:
-            gpt = torch.compile(gpt, dynamic=True)
+        if compile:  # the decode step, with static shapes; a CUDA graph on GPUs
+            gpt.compile_decode(mode="reduce-overhead" if gpt.lm_head.weight.device.type == "cuda" else None)
         return cls(gpt, tokenizer, style, path)
 
     @property

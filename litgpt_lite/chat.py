@@ -50,7 +50,8 @@ def chat(
         sys_prompt: an optional system prompt at the start of the conversation.
         precision: 32-true, bf16-true, 16-true; default is the hardware's fast one.
         quantize: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
-        compile: compile the model with torch.compile.
+        compile: compile the decode step with torch.compile (static shapes; replayed as a CUDA graph on GPUs). The
+            first reply pays the compilation; it pays off on GPUs, where a small model is bound by launch overhead.
         seed: random seed for sampling.
         device: cpu, cuda, cuda:N (default: cuda when available).
     """

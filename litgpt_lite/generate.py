@@ -143,7 +143,11 @@ def _decode(model, tokenizer, prompts, rows: list[_Row], T: int, budget: int, de
             live = [live[i] for i in keep]
             has_pad = bool(pad_lens.any())
         feed = next_tokens.view(len(live), 1).to(device)
-        logits = model(feed, input_pos=T + step, pad_lens=pad_lens if has_pad else None)[:, -1]
+        if getattr(model, "decode_step", None) is not None:  # compiled: static shapes, the position as a tensor
+            pos = torch.tensor(T + step, device=device)
+            logits = model.decode_step(feed, input_pos=pos, pad_lens=pad_lens if has_pad else None)[:, -1]
+        else:
+            logits = model(feed, input_pos=T + step, pad_lens=pad_lens if has_pad else None)[:, -1]
 
 
 def _advance(row: _Row, b: int, token: int, tokenizer, stop_ids: set[int]) -> TokenDelta | None:

@@ -36,7 +36,8 @@ def generate(
         top_p: nucleus sampling mass.
         precision: 32-true, bf16-true, 16-true; default is the hardware's fast one (fp32 on CPUs without bf16).
         quantize: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
-        compile: compile the model with torch.compile.
+        compile: compile the decode step with torch.compile (static shapes; replayed as a CUDA graph on GPUs). The
+            first reply pays the compilation; it pays off on GPUs, where a small model is bound by launch overhead.
         seed: random seed for sampling.
         device: cpu, cuda, cuda:N (default: cuda when available).
         raw: send the prompt as is, without the prompt style.

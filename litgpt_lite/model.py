@@ -36,6 +36,7 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.rope = RoPE(config)
+        self.decode_step: Any = None  # set by `compile_decode`
 
     def forward(
         self,
@@ -50,7 +51,9 @@ class GPT(nn.Module):
 
         Args:
             idx: token ids.
-            input_pos: with a KV cache (`set_kv_cache`), the cache time of `idx[:, 0]`; None means no cache.
+            input_pos: with a KV cache (`set_kv_cache`), the cache time of `idx[:, 0]`; None means no cache. A
+                0-dim tensor selects static shapes: every layer attends over its whole cache under a mask, so one
+                compiled graph serves every step (`compile_decode`).
             pad_lens: (B,) number of left-padding slots per row (cache mode).
             segment_ids: (B, T) packed-sample ids; attention stays within a segment.
             positions: (B, T) RoPE positions; derived from the other arguments when None.
@@ -61,7 +64,9 @@ class GPT(nn.Module):
         if positions is None:
             positions = self._positions(B, times, pad_lens, segment_ids)
         cos_sin = self.rope(positions, idx.device)
-        mask = MaskSpec(times=times, pad_lens=pad_lens, segment_ids=segment_ids, cached=input_pos is not None)
+        static = isinstance(input_pos, torch.Tensor)
+        start = None if static else input_pos or 0  # a host int: slicing the cache needs no device sync
+        mask = MaskSpec(times, pad_lens, segment_ids, cached=input_pos is not None, static=static, start=start)
 
         x = self.transformer.wte(idx)  # (B, T, C)
         if self.config.scale_embeddings:
@@ -81,8 +86,15 @@ class GPT(nn.Module):
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    def compile_decode(self, mode: str | None = None) -> None:
+        """Compile the one-token decode step with static shapes (the generation core calls `decode_step` with a
+        tensor position). `mode="reduce-overhead"` replays it as a CUDA graph on GPUs; the prefill stays eager."""
+        self.decode_step = torch.compile(self.forward, mode=mode, dynamic=False)
+
     @staticmethod
-    def _times(T: int, input_pos: int | None, device: torch.device) -> torch.Tensor:
+    def _times(T: int, input_pos: int | torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        if isinstance(input_pos, torch.Tensor):
+            return input_pos.view(1) + torch.arange(T, device=device)
         start = input_pos or 0
         return torch.arange(start, start + T, device=device)
 
@@ -172,10 +184,10 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self._project(x)  # (B, H, T, D), (B, G, T, D), (B, G, T, D)
         cos, sin = cos_sin["local" if self.local_rope else "global"]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        key_times = mask.times
+        key_times, all_valid = mask.times, False
         if self.kv_cache is not None and mask.cached:
-            k, v, key_times = self.kv_cache.update(mask.times, k, v)
-        y = self._attend(q, k, v, mask.build(key_times, self.window, x.device))  # (B, H, T, D)
+            k, v, key_times, all_valid = self.kv_cache.update(mask.times, k, v, mask.static, mask.start)
+        y = self._attend(q, k, v, mask.build(key_times, self.window, x.device, all_valid))  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
     def _project(self, x: torch.Tensor):
@@ -216,23 +228,28 @@ class CausalSelfAttention(nn.Module):
 class MaskSpec:
     """What decides which keys a query may see; `build` turns it into a boolean mask (or None for plain causal)."""
 
-    def __init__(self, times: torch.Tensor, pad_lens, segment_ids, cached: bool) -> None:
+    def __init__(
+        self, times: torch.Tensor, pad_lens, segment_ids, cached: bool, static: bool = False, start: int | None = None
+    ) -> None:
         self.times, self.pad_lens, self.segment_ids, self.cached = times, pad_lens, segment_ids, cached
+        self.static = static  # keys are the whole cache: decide nothing from the data
+        self.start = start  # the cache time of the first new token, as a host int (None when static)
         self._memo: dict[Any, torch.Tensor | None] = {}
 
-    def build(self, key_times: torch.Tensor, window: int | None, device) -> torch.Tensor | None:
-        memo_key = (key_times.shape[0], window)  # all layers of one kind see the same key times in a forward
+    def build(self, key_times: torch.Tensor, window: int | None, device, all_valid: bool = False):
+        """The mask for these keys; `all_valid` says every key slot holds a stored entry (no empty slot)."""
+        memo_key = (key_times.shape[0], window, all_valid)  # layers of one kind see the same keys in a forward
         if memo_key not in self._memo:
-            self._memo[memo_key] = self._build(key_times, window, device)
+            self._memo[memo_key] = self._build(key_times, window, device, all_valid)
         return self._memo[memo_key]
 
-    def _build(self, key_times: torch.Tensor, window: int | None, device) -> torch.Tensor | None:
+    def _build(self, key_times: torch.Tensor, window: int | None, device, all_valid: bool) -> torch.Tensor | None:
         tq = self.times.view(-1, 1)  # (T, 1)
         tk = key_times.view(1, -1)  # (1, S)
         plain = self.pad_lens is None and self.segment_ids is None and window is None
         if plain and not self.cached:
             return None  # SDPA's own causal path
-        if plain and tq.shape[0] == 1 and bool((tk >= 0).all()):
+        if plain and tq.shape[0] == 1 and all_valid:
             return None  # one new token sees every cached key
         allowed = (tk <= tq) & (tk >= 0)  # (T, S); empty ring slots carry time -1
         if window is not None:
@@ -260,21 +277,33 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("slot_times", torch.full((slots,), -1, device=device, dtype=torch.long), persistent=False)
+        self.filled = 0  # slots [0, filled) hold entries (non-ring caches), tracked on the host
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         self.k = self.k.index_select(0, rows)
         self.v = self.v.index_select(0, rows)
 
-    def update(self, times: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Store the new keys/values at `times`; return the keys, values and times to attend over."""
+    def update(self, times: torch.Tensor, k: torch.Tensor, v: torch.Tensor, static: bool = False, start=None):
+        """Store the new keys/values at `times` (`start`: times[0] as a host int, when known); return the keys,
+        values and times to attend over, and whether every returned slot holds an entry. With `static`, the whole
+        buffers: their shapes never change, and empty slots are masked by their time -1."""
         B = k.shape[0]
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        if static and not self.ring:
+            keys, values = self.k[:B], self.v[:B]
+            keys.index_copy_(2, times, k)
+            values.index_copy_(2, times, v)
+            self.slot_times.index_copy_(0, times, times)
+            return keys, values, self.slot_times, False
         if not self.ring:  # times are consecutive: write a slice, not an index list
-            start, end = int(times[0]), int(times[0]) + times.shape[0]
+            start = int(times[0]) if start is None else start
+            end = start + times.shape[0]
             self.k[:B, :, start:end] = k
             self.v[:B, :, start:end] = v
             self.slot_times[start:end] = times
-            return self.k[:B, :, :end], self.v[:B, :, :end], self.slot_times[:end]
+            if start <= self.filled:
+                self.filled = max(self.filled, end)
+            return self.k[:B, :, :end], self.v[:B, :, :end], self.slot_times[:end], end <= self.filled
         # ring: attend over the old ring plus the new chunk, then keep the newest `slots` entries
         all_k = torch.cat((self.k[:B], k), dim=2)
         all_v = torch.cat((self.v[:B], v), dim=2)
@@ -284,7 +313,7 @@ class KVCache(nn.Module):
         self.k[:B, :, keep % slots] = k[:, :, -slots:]
         self.v[:B, :, keep % slots] = v[:, :, -slots:]
         self.slot_times[keep % slots] = keep
-        return all_k, all_v, all_t
+        return all_k, all_v, all_t, False
 
 
 def make_embedding(vocab: int, dim: int) -> nn.Embedding:

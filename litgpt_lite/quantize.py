@@ -587,6 +587,7 @@ def quantize_cli(
     dtype: str | None = None,
     int8_threshold: float = 6.0,
     skip: list[str] | None = None,
+    device: str | None = None,
 ) -> None:
     """Write a pre-quantized copy of a checkpoint that loads without re-quantizing.
 
@@ -599,8 +600,11 @@ def quantize_cli(
             bfloat16, float16 or float32 (default: as stored in the checkpoint).
         int8_threshold: LLM.int8() outlier threshold (bnb.int8 only).
         skip: Linear modules to keep in full precision (default: lm_head and the MoE router).
+        device: where to quantize (default: cuda when a GPU is present, else cpu). bitsandbytes' CPU and CUDA
+            kernels may round the double-quantized scales differently, so quantize where the model will run.
     """
     check_mode(quantize)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _parse_dtype(dtype)
     checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
     out_dir = Path(out_dir) if out_dir is not None else checkpoint_dir.with_name(f"{checkpoint_dir.name}-{quantize}")
@@ -608,7 +612,7 @@ def quantize_cli(
         raise UserError("--out_dir must differ from the checkpoint dir: the original weights are the source")
     skip_names = tuple(skip) if skip is not None else DEFAULT_SKIP
     print(f"Quantizing {checkpoint_dir} to {quantize} ...")
-    model = load_quantized_model(checkpoint_dir, quantize, "cpu", torch_dtype, skip_names, int8_threshold)
+    model = load_quantized_model(checkpoint_dir, quantize, device, torch_dtype, skip_names, int8_threshold)
     settings = {"skip": list(skip_names), "int8_threshold": int8_threshold}
     save_quantized_checkpoint(model, quantize, out_dir, checkpoint_dir, settings)
     size = (Path(out_dir) / QUANTIZED_WEIGHTS).stat().st_size

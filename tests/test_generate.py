@@ -74,6 +74,48 @@ def test_left_padded_rows_equal_unpadded(variant):
     torch.testing.assert_close(out[0], model(long[None])[0])
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_static_decode_path_equals_the_sliced_one(variant):
+    """A tensor `input_pos` (the compiled decode step's static shapes: whole cache, masked) changes no logit."""
+    model = tiny(variant)
+    gen = torch.Generator().manual_seed(2)
+    idx = torch.randint(0, 50, (2, 12), generator=gen)
+    pad_lens = torch.tensor([0, 3])
+    outs = []
+    with torch.no_grad():
+        for static in (False, True):
+            model.set_kv_cache(2, 16)
+            steps = [model(idx[:, :5], input_pos=0, pad_lens=pad_lens)]
+            for t in range(5, 12):
+                pos = torch.tensor(t) if static else t
+                steps.append(model(idx[:, t : t + 1], input_pos=pos, pad_lens=pad_lens))
+            outs.append(torch.cat(steps, dim=1))
+    torch.testing.assert_close(outs[1], outs[0])
+
+
+def test_compiled_decode_step_gives_the_eager_tokens():
+    """`compile_decode` (what `--compile` turns on): same greedy tokens, batched rows with padding included."""
+    model = tiny("llama_gqa", block_size=64)
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
+    params = SamplingParams(max_new_tokens=6)
+
+    def run():
+        out = [[] for _ in prompts]
+        for deltas in stream_generate(model, tok, prompts, params):
+            for d in deltas:
+                out[d.row].append(d.token_id)
+        return out
+
+    eager = run()
+    model.compile_decode()
+    try:
+        assert run() == eager
+    finally:
+        model.decode_step = None
+
+
 class CharTokenizer:
     """Characters as tokens, for driving the core on a tiny model."""
 

@@ -81,8 +81,8 @@ def loss_sum(fabric, model, batch: dict[str, torch.Tensor], chunk: int = 0, spli
     """Sum of token cross-entropies over the batch's target tokens (float32).
 
     With `split_head`, the model returns hidden states and the head runs only on positions that carry a loss (a
-    masked prompt costs no vocabulary projection); with `chunk`, it runs `chunk` target tokens at a time and each
-    chunk's logits are recomputed in backward, so the full-vocabulary logits are never all alive.
+    masked prompt costs no vocabulary projection); with `chunk`, it runs `chunk` target tokens at a time, so the
+    full-vocabulary logits are never all alive (see `_ChunkedHeadLoss`).
     """
     x, y = batch["input_ids"], batch["labels"]
     segments = batch.get("segment_ids")
@@ -95,10 +95,49 @@ def loss_sum(fabric, model, batch: dict[str, torch.Tensor], chunk: int = 0, spli
     head = _head(model)
     if not chunk:
         return _chunk_loss(head, fabric, hidden, targets)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for h, t in zip(hidden.split(chunk), targets.split(chunk)):
-        total = total + torch.utils.checkpoint.checkpoint(_chunk_loss, head, fabric, h, t, use_reentrant=False)
-    return total
+    params = [p for p in _head_module(model).parameters() if p.requires_grad]
+    if not torch.is_grad_enabled() or not (hidden.requires_grad or params):  # validation: no gradients to make
+        return sum((_chunk_loss(head, fabric, h, t) for h, t in zip(hidden.split(chunk), targets.split(chunk))))
+    return _ChunkedHeadLoss.apply(hidden, targets, head, fabric, chunk, *params)
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """Summed cross-entropy of `head(hidden)`, `chunk` rows at a time, with each chunk's gradients taken right after
+    its loss: the logits of one chunk are alive at a time and are never recomputed (checkpointing each chunk would
+    run the vocabulary projection a second time in backward). Backward scales the stored gradients of the hidden
+    states and of the head's trainable parameters (a tied embedding's included) by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, targets, head, fabric, chunk, *params):
+        grad_hidden = torch.zeros_like(hidden)
+        grad_params = [None] * len(params)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk):
+            with torch.enable_grad():
+                h = hidden[start : start + chunk].detach().requires_grad_(hidden.requires_grad)
+                loss = _chunk_loss(head, fabric, h, targets[start : start + chunk])
+                wrt = ([h] if hidden.requires_grad else []) + list(params)
+                grads = list(torch.autograd.grad(loss, wrt, allow_unused=True))
+            if hidden.requires_grad:
+                grad_hidden[start : start + chunk] = grads.pop(0)
+            for i, g in enumerate(grads):
+                if g is not None:
+                    grad_params[i] = g if grad_params[i] is None else grad_params[i].add_(g)
+            total += loss.detach()
+        ctx.save_for_backward(grad_hidden, *[g if g is not None else torch.empty(0) for g in grad_params])
+        ctx.has_grad = [g is not None for g in grad_params]
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, *grad_params = ctx.saved_tensors
+        out = [g * grad_total if has else None for g, has in zip(grad_params, ctx.has_grad)]
+        return grad_hidden * grad_total, None, None, None, None, *out
+
+
+def _head_module(model) -> torch.nn.Module:
+    module = getattr(model, "module", model)
+    return getattr(module, "_orig_mod", module).lm_head
 
 
 def _head(model) -> Callable:

@@ -79,16 +79,25 @@ def test_attention_never_crosses_a_packed_sample():
 
 
 @pytest.mark.parametrize("chunk", [0, 7])
-def test_head_on_loss_positions_and_chunked_ce_match_the_full_logits(chunk):
+@pytest.mark.parametrize("case", ["plain", "tied", "frozen_head"])
+def test_head_on_loss_positions_and_chunked_ce_match_the_full_logits(chunk, case):
     samples = _samples(4, seed=5)
     batch = collate([SampleList(samples)[i] for i in range(4)])
-    model = _model()
-    full = loss_sum(None, model, batch, split_head=False)
+    torch.manual_seed(0)
+    model = GPT(tiny_config(tie_embeddings=case == "tied")).double()
+    if case == "frozen_head":  # LoRA: the head takes no gradient, only the hidden states do
+        model.lm_head.weight.requires_grad_(False)
+        model.transformer.wte.weight.requires_grad_(False)
+    full = loss_sum(None, model, batch, split_head=False) * 0.5  # a scaled loss scales every gradient
     full.backward()
     reference = _grads(model)
+    assert ("lm_head.weight" in reference) == (case == "plain")
     model.zero_grad()
-    lever = loss_sum(None, model, batch, chunk=chunk, split_head=True)
+    lever = loss_sum(None, model, batch, chunk=chunk, split_head=True) * 0.5
     lever.backward()
+    assert set(_grads(model)) == set(reference)
+    with torch.no_grad():  # validation takes the same path without gradients
+        torch.testing.assert_close(loss_sum(None, model, batch, chunk=chunk) * 0.5, full, rtol=1e-6, atol=1e-6)
     # the cross-entropy runs in float32 (as in training), summed in a different order: float32 tolerance
     torch.testing.assert_close(lever, full, rtol=1e-6, atol=1e-6)
     for name, g in _grads(model).items():
