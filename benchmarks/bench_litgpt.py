@@ -85,6 +85,7 @@ def pretrain(p: dict[str, Any]) -> dict[str, Any]:
     blocks = _blocks(Path(p["data_dir"]) / "tokens.npy", mb * (steps + 1), T)
     train_dl = DataLoader(blocks[: mb * steps], batch_size=mb)
     val_dl = DataLoader(blocks[mb * steps :], batch_size=mb)
+    train_dl, val_dl = fabric.setup_dataloaders(train_dl, val_dl)  # as LitGPT's main does: batches on the device
     fabric.load_raw(Path(p["checkpoint_dir"]) / "lit_model.pth", model)
     state = {"model": model, "optimizer": optimizer, "train_dataloader": train_dl, "iter_num": 0, "step_count": 0}
     clock = StepClock()

@@ -69,26 +69,31 @@ def _sft_data(p: dict[str, Any]):
     return JSON(Path(p["data_dir"]), mask_prompt=True, prompt_style="alpaca", packing=p.get("packing", True))
 
 
-def _sft_real_tokens(p: dict[str, Any]) -> int:
-    """Tokens (no padding) of one epoch of the SFT set, tokenized exactly as the run tokenized it."""
+def _sft_real_tokens(p: dict[str, Any]) -> tuple[int, int]:
+    """(tokens without padding, packed rows) of one epoch of the SFT set, tokenized exactly as the run did."""
     from litgpt_lite.data.base import DataContext
     from litgpt_lite.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(p["checkpoint_dir"])
-    data = _sft_data({**p, "packing": False})
-    splits = data.build(DataContext(tokenizer, p["seq_len"], p["seed"], None, Path(p["checkpoint_dir"])))
-    return splits.train.num_tokens()
+    ctx = DataContext(tokenizer, p["seq_len"], p["seed"], None, Path(p["checkpoint_dir"]))
+    real = _sft_data({**p, "packing": False}).build(ctx).train.num_tokens()
+    rows = len(_sft_data(p).build(ctx).train)
+    return real, rows
 
 
-def _epoch_result(clock: StepClock, real_tokens: int) -> dict[str, Any]:
-    """Real (non-padding) tokens per second over one epoch; the warm-up step is timed at the steady-state rate."""
+def _epoch_result(clock: StepClock, real_tokens: int, rows: int, micro_batch: int) -> dict[str, Any]:
+    """Real (non-padding) tokens per second. Our loop fills its last step with the next epoch's first rows, so the
+    run trains on steps x micro_batch packed rows, each holding real_tokens / rows real tokens on average; the
+    warm-up step is timed at the steady-state rate."""
     seconds, steps = clock.steady()
     total = len(clock.ends)
+    trained = real_tokens * total * micro_batch / rows
     return {
-        "tokens_per_s": real_tokens / (seconds * total / steps),
+        "tokens_per_s": trained / (seconds * total / steps),
         **clock.memory(),
         "steps": total,
         "real_tokens": real_tokens,
+        "packed_rows": rows,
     }
 
 
@@ -108,7 +113,7 @@ def finetune_full(p: dict[str, Any]) -> dict[str, Any]:
             seed=p["seed"],
         )
     clock.close()
-    return _epoch_result(clock, _sft_real_tokens(p))
+    return _epoch_result(clock, *_sft_real_tokens(p), p["micro_batch"])
 
 
 def finetune_lora(p: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from bench_common import emit, parse_result  # noqa: E402
 
 DEFAULT_LITGPT_PYTHON = Path(os.environ.get("LITGPT_PYTHON", "/work/bench-venv/bin/python"))
 EXTRA = ("pretrain_pythia14m",)  # not part of `all`: a seconds-long workload for smoke tests
-CPU_EXTRA = ("decode_bf16_compiled",)  # compiling the decode step does not pay on a CPU (benchmarks/README.md)
+CPU_EXTRA = ("decode_bf16_compiled",)  # bf16 prefill is slow on CPUs without native bf16; fp32 compiled is in all
 PROMPT = "The history of the printing press begins"
 BATCH_PROMPTS = [
     "Hi",
@@ -101,7 +101,11 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
         f"full fine-tune, {a.sft_model}, {a.sft_samples} Alpaca-like samples (one epoch), micro-batch "
         f"{mb}, max_seq_length {a.sft_seq_len}: ours packs, LitGPT pads",
         (Side("LitGPT", "litgpt", "finetune_full", sft), Side("litgpt_lite", "ours", "finetune_full", sft)),
-        [Metric("tokens_per_s", "real (non-pad) tokens/s", True, 2.0), *gmem, rss],
+        [
+            Metric("tokens_per_s", "real (non-pad) tokens/s", True, 2.0),
+            *[Metric(m.key, m.name, False) for m in gmem],
+            Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False),
+        ],
         needs=(f"init:{a.sft_model}", "sft"),
     )
     lora = {**base, "name": "SmolLM2-135M", "init": "SmolLM2-135M", "data": "sft_long", "chunked_ce": a.chunked_ce}
@@ -121,7 +125,11 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
             Side("ours LoRA", "ours", "finetune_lora", lora),
             Side("ours QLoRA nf4", "ours", "finetune_lora", {**lora, "quantize": "bnb.nf4"}),
         ),
-        [Metric("tokens_per_s", "tokens/s", True), *[Metric(m.key, m.name, False) for m in gmem], rss],
+        [
+            Metric("tokens_per_s", "tokens/s", True),
+            *[Metric(m.key, m.name, False) for m in gmem],
+            Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False),
+        ],
         needs=("init:SmolLM2-135M", "sft_long"),
     )
     real = a.decode_weights == "real"
@@ -132,6 +140,7 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
     for prec, label, compiled in (
         ("32-true", "fp32", False),
         ("bf16-true", "bf16", False),
+        ("32-true", "fp32", True),
         ("bf16-true", "bf16", True),
     ):
         p = {**dec, "precision": prec, "compile": compiled}
@@ -567,7 +576,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=2, help="timed training steps after the warm-up step")
     p.add_argument("--full", action="store_true", help="the issue's shape: micro-batch 4 x 512, 3 timed steps")
     p.add_argument("--sft-model", default="pythia-70m", help="config of the full fine-tune workload")
-    p.add_argument("--sft-samples", type=int, default=24, help="Alpaca-like samples in the SFT epoch")
+    p.add_argument("--sft-samples", type=int, default=24, help="Alpaca-like samples in the SFT epoch (--full: 96)")
     p.add_argument("--sft-seq-len", type=int, default=512, help="max_seq_length of the SFT workload")
     p.add_argument("--chunked-ce", type=int, default=128, help="ours: --train.chunked_ce for the LoRA workloads")
     p.add_argument("--new-tokens", type=int, default=48, help="new tokens per decode")
@@ -597,6 +606,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         a.micro_batch, a.seq_len, a.steps = 4, 512, 3
         if a.sft_model == "pythia-70m":
             a.sft_model = "SmolLM2-135M"
+        if a.sft_samples == 24:  # enough micro batches of 4 that one epoch is more than a couple of steps
+            a.sft_samples = 96
     if a.repeats < 1 or a.steps < 1:
         p.error("--repeats and --steps must be at least 1")
     return a

@@ -129,6 +129,7 @@ def _decode(model, tokenizer, prompts, rows: list[_Row], T: int, budget: int, de
     hidden = model(idx, input_pos=0, pad_lens=pad_lens if has_pad else None, return_hidden=True)
     logits = model.logits(hidden[:, -1])  # (B, V)
     live = list(range(B))  # batch slot -> row; finished rows leave the batch so no step is spent on them
+    compiled = getattr(model, "decode_step", None) is not None  # a compiled step keeps its batch: no recompiles
     for step in range(budget):
         next_tokens = _sample(logits, [rows[b] for b in live])
         deltas = [_advance(rows[b], b, int(next_tokens[i]), tokenizer, stop_ids) for i, b in enumerate(live)]
@@ -136,14 +137,14 @@ def _decode(model, tokenizer, prompts, rows: list[_Row], T: int, budget: int, de
         keep = [i for i, b in enumerate(live) if not rows[b].finish_reason]
         if not keep or step == budget - 1:
             break
-        if len(keep) < len(live):
+        if len(keep) < len(live) and not compiled:
             keep_t = torch.tensor(keep, device=device)
             model.keep_kv_cache_rows(keep_t)
             pad_lens, next_tokens = pad_lens[keep_t], next_tokens[keep]
             live = [live[i] for i in keep]
             has_pad = bool(pad_lens.any())
         feed = next_tokens.view(len(live), 1).to(device)
-        if getattr(model, "decode_step", None) is not None:  # compiled: static shapes, the position as a tensor
+        if compiled:  # static shapes, the position as a tensor
             pos = torch.tensor(T + step, device=device)
             logits = model.decode_step(feed, input_pos=pos, pad_lens=pad_lens if has_pad else None)[:, -1]
         else:

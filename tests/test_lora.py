@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_configs import tiny_llama
 
 from litgpt_lite.checkpoint import WEIGHTS, load_model, save_checkpoint
 from litgpt_lite.config import Config
@@ -13,23 +14,7 @@ from litgpt_lite.errors import UserError
 from litgpt_lite.lora import LORA_WEIGHTS, LORA_YAML, LoRALinear, LoRARecipe, merge_lora_cli, merge_lora_modules
 from litgpt_lite.model import GPT
 
-
-def llama(**overrides) -> Config:
-    base = dict(
-        name="tiny-llama",
-        n_layer=2,
-        n_embd=64,
-        n_head=4,
-        n_query_groups=2,
-        vocab_size=128,
-        padding_multiple=64,
-        block_size=64,
-        mlp_class="LLaMAMLP",
-        intermediate_size=96,
-        norm_class="RMSNorm",
-        tie_embeddings=True,
-    )
-    return Config(**{**base, **overrides})
+llama = tiny_llama
 
 
 def neox() -> Config:

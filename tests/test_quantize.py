@@ -14,6 +14,8 @@ import torch
 
 bnb = pytest.importorskip("bitsandbytes")
 
+from tiny_configs import tiny_llama  # noqa: E402
+
 from litgpt_lite.checkpoint import load_model, save_checkpoint  # noqa: E402
 from litgpt_lite.config import Config  # noqa: E402
 from litgpt_lite.errors import UserError  # noqa: E402
@@ -35,22 +37,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 def tiny_config(**overrides) -> Config:
-    base = dict(
-        name="tiny-llama",
-        n_layer=2,
-        n_embd=64,
-        n_head=4,
-        n_query_groups=2,
-        vocab_size=256,
-        padding_multiple=64,
-        block_size=64,
-        mlp_class="LLaMAMLP",
-        intermediate_size=128,
-        norm_class="RMSNorm",
-        tie_embeddings=True,
-        attn_bias=True,
-    )
-    return Config(**{**base, **overrides})
+    return tiny_llama(**{"vocab_size": 256, "intermediate_size": 128, "attn_bias": True, **overrides})
 
 
 @pytest.fixture(scope="module")
