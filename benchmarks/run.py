@@ -82,8 +82,12 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
     plabel = "bf16-mixed" if gpu else "fp32"
     base = {"micro_batch": mb, "seq_len": T, "steps": steps, "seed": 42, "device": a.device, "precision": prec}
     tok = Metric("tokens_per_s", "tokens/s", True, 1.10)
-    rss = Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False, None if gpu else 1.0)
-    gmem = [Metric("peak_gpu_mb", "peak GPU memory MiB (steps 2..n)", False, 1.0)] if gpu else []
+
+    def memory(target: float | None) -> list[Metric]:
+        """The steady-state memory rows: on a GPU its memory carries the target and RSS is shown beside it."""
+        rss = Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False, None if gpu else target)
+        return [Metric("peak_gpu_mb", "peak GPU memory MiB (steps 2..n)", False, target), rss] if gpu else [rss]
+
     mfu = Metric("mfu", "MFU vs measured matmul peak", True)
     out: dict[str, Workload] = {}
     for key, name in (("pythia14m", "pythia-14m"), ("pythia70m", "pythia-70m"), ("smollm2", "SmolLM2-135M")):
@@ -92,7 +96,7 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
             f"pretrain_{key}",
             f"pretraining step, {name}, {plabel}, micro-batch {mb} x {T}",
             (Side("LitGPT", "litgpt", "pretrain", p), Side("litgpt_lite", "ours", "pretrain", p)),
-            [tok, *gmem, rss, mfu],
+            [tok, *memory(1.0), mfu],
             needs=(f"init:{name}", "tokens"),
         )
     sft = {**base, "name": a.sft_model, "init": a.sft_model, "data": "sft", "seq_len": a.sft_seq_len}
@@ -101,11 +105,7 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
         f"full fine-tune, {a.sft_model}, {a.sft_samples} Alpaca-like samples (one epoch), micro-batch "
         f"{mb}, max_seq_length {a.sft_seq_len}: ours packs, LitGPT pads",
         (Side("LitGPT", "litgpt", "finetune_full", sft), Side("litgpt_lite", "ours", "finetune_full", sft)),
-        [
-            Metric("tokens_per_s", "real (non-pad) tokens/s", True, 2.0),
-            *[Metric(m.key, m.name, False) for m in gmem],
-            Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False),
-        ],
+        [Metric("tokens_per_s", "real (non-pad) tokens/s", True, 2.0), *memory(None)],
         needs=(f"init:{a.sft_model}", "sft"),
     )
     lora = {**base, "name": "SmolLM2-135M", "init": "SmolLM2-135M", "data": "sft_long", "chunked_ce": a.chunked_ce}
@@ -114,7 +114,7 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
         f"LoRA r=8 (query, value), SmolLM2-135M, {plabel}, micro-batch {mb} x {T}; ours --train.chunked_ce "
         f"{a.chunked_ce}",
         (Side("LitGPT", "litgpt", "finetune_lora", lora), Side("litgpt_lite", "ours", "finetune_lora", lora)),
-        [tok, *[Metric(m.key, m.name, False, 0.85) for m in gmem or [rss]], *([rss] if gmem else [])],
+        [tok, *memory(0.85)],
         needs=("init:SmolLM2-135M", "sft_long"),
     )
     out["qlora"] = Workload(
@@ -125,11 +125,7 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
             Side("ours LoRA", "ours", "finetune_lora", lora),
             Side("ours QLoRA nf4", "ours", "finetune_lora", {**lora, "quantize": "bnb.nf4"}),
         ),
-        [
-            Metric("tokens_per_s", "tokens/s", True),
-            *[Metric(m.key, m.name, False) for m in gmem],
-            Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False),
-        ],
+        [Metric("tokens_per_s", "tokens/s", True), *memory(None)],
         needs=("init:SmolLM2-135M", "sft_long"),
     )
     real = a.decode_weights == "real"

@@ -126,7 +126,7 @@ class LLM:
 
         Prompts of different lengths run as one left-padded batch. The prompt style (chat template) is applied unless
         `apply_prompt_style=False`. A stream over a list of prompts yields `(index, delta)` pairs. `ignore_eos=True`
-        runs every prompt to `max_new_tokens` past the tokenizer's end-of-sequence (fixed-length outputs).
+        runs every prompt to `max_new_tokens`, past end-of-sequence and end-of-turn tokens (fixed-length outputs).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:

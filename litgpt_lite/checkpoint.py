@@ -28,6 +28,8 @@ from litgpt_lite.errors import UserError
 WEIGHTS = "lit_model.safetensors"
 LEGACY_WEIGHTS = "lit_model.pth"
 CONFIG = "model_config.yaml"
+LORA_WEIGHTS = "lit_model.lora.safetensors"  # adapters only (finetune_lora output)
+QUANTIZED_WEIGHTS = "lit_model.quantized.safetensors"  # written by `litgpt_lite quantize`
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer.model",
@@ -52,9 +54,9 @@ def validate_checkpoint_dir(path: str | Path, need_weights: bool = True) -> Path
             f"Checkpoint dir {path} has no {CONFIG}.{hint} run `litgpt_lite convert_to_litgpt {path}` first"
         )
     if need_weights and not (path / WEIGHTS).is_file() and not (path / LEGACY_WEIGHTS).is_file():
-        if (path / "lit_model.lora.safetensors").is_file():
+        if (path / LORA_WEIGHTS).is_file():
             raise UserError(f"{path} holds LoRA adapters only: run `litgpt_lite merge_lora {path}` first")
-        if (path / "lit_model.quantized.safetensors").is_file():
+        if (path / QUANTIZED_WEIGHTS).is_file():
             raise UserError(f"{path} is pre-quantized: load it with generate/chat/serve/evaluate or LLM.load")
         raise UserError(f"Checkpoint dir {path} has no {WEIGHTS}")
     return path

@@ -129,7 +129,11 @@ def _decode(model, tokenizer, prompts, rows: list[_Row], T: int, budget: int, de
     hidden = model(idx, input_pos=0, pad_lens=pad_lens if has_pad else None, return_hidden=True)
     logits = model.logits(hidden[:, -1])  # (B, V)
     live = list(range(B))  # batch slot -> row; finished rows leave the batch so no step is spent on them
-    compiled = getattr(model, "decode_step", None) is not None  # a compiled step keeps its batch: no recompiles
+    # a compiled decode step has static shapes: it keeps its batch (no recompiles) and takes the position as a
+    # device tensor, advanced in place
+    compiled = getattr(model, "decode_step", None)
+    step_fn = compiled or model
+    pos = torch.tensor(T, device=device) if compiled else T
     for step in range(budget):
         next_tokens = _sample(logits, [rows[b] for b in live])
         deltas = [_advance(rows[b], b, int(next_tokens[i]), tokenizer, stop_ids) for i, b in enumerate(live)]
@@ -144,11 +148,8 @@ def _decode(model, tokenizer, prompts, rows: list[_Row], T: int, budget: int, de
             live = [live[i] for i in keep]
             has_pad = bool(pad_lens.any())
         feed = next_tokens.view(len(live), 1).to(device)
-        if compiled:  # static shapes, the position as a tensor
-            pos = torch.tensor(T + step, device=device)
-            logits = model.decode_step(feed, input_pos=pos, pad_lens=pad_lens if has_pad else None)[:, -1]
-        else:
-            logits = model(feed, input_pos=T + step, pad_lens=pad_lens if has_pad else None)[:, -1]
+        logits = step_fn(feed, input_pos=pos, pad_lens=pad_lens if has_pad else None)[:, -1]
+        pos = pos.add_(1) if compiled else pos + 1
 
 
 def _advance(row: _Row, b: int, token: int, tokenizer, stop_ids: set[int]) -> TokenDelta | None:

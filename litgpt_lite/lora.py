@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from litgpt_lite.checkpoint import (
     CONFIG,
+    LORA_WEIGHTS,
     WEIGHTS,
     atomic_write_file,
     copy_tokenizer_files,
@@ -38,7 +39,6 @@ from litgpt_lite.checkpoint import (
 )
 from litgpt_lite.errors import UserError
 
-LORA_WEIGHTS = "lit_model.lora.safetensors"
 LORA_YAML = "lora.yaml"
 
 # which modules each flag adapts, by full module name

@@ -64,9 +64,8 @@ class GPT(nn.Module):
         if positions is None:
             positions = self._positions(B, times, pad_lens, segment_ids)
         cos_sin = self.rope(positions, idx.device)
-        static = isinstance(input_pos, torch.Tensor)
-        start = None if static else input_pos or 0  # a host int: slicing the cache needs no device sync
-        mask = MaskSpec(times, pad_lens, segment_ids, cached=input_pos is not None, static=static, start=start)
+        start = None if isinstance(input_pos, torch.Tensor) else input_pos or 0  # None: static shapes
+        mask = MaskSpec(times, pad_lens, segment_ids, cached=input_pos is not None, start=start)
 
         x = self.transformer.wte(idx)  # (B, T, C)
         if self.config.scale_embeddings:
@@ -186,7 +185,7 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         key_times, all_valid = mask.times, False
         if self.kv_cache is not None and mask.cached:
-            k, v, key_times, all_valid = self.kv_cache.update(mask.times, k, v, mask.static, mask.start)
+            k, v, key_times, all_valid = self.kv_cache.update(mask.times, k, v, mask.start)
         y = self._attend(q, k, v, mask.build(key_times, self.window, x.device, all_valid))  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -228,12 +227,9 @@ class CausalSelfAttention(nn.Module):
 class MaskSpec:
     """What decides which keys a query may see; `build` turns it into a boolean mask (or None for plain causal)."""
 
-    def __init__(
-        self, times: torch.Tensor, pad_lens, segment_ids, cached: bool, static: bool = False, start: int | None = None
-    ) -> None:
+    def __init__(self, times: torch.Tensor, pad_lens, segment_ids, cached: bool, start: int | None = 0) -> None:
         self.times, self.pad_lens, self.segment_ids, self.cached = times, pad_lens, segment_ids, cached
-        self.static = static  # keys are the whole cache: decide nothing from the data
-        self.start = start  # the cache time of the first new token, as a host int (None when static)
+        self.start = start  # the cache time of the first new token as a host int; None: static shapes
         self._memo: dict[Any, torch.Tensor | None] = {}
 
     def build(self, key_times: torch.Tensor, window: int | None, device, all_valid: bool = False):
@@ -283,20 +279,19 @@ class KVCache(nn.Module):
         self.k = self.k.index_select(0, rows)
         self.v = self.v.index_select(0, rows)
 
-    def update(self, times: torch.Tensor, k: torch.Tensor, v: torch.Tensor, static: bool = False, start=None):
-        """Store the new keys/values at `times` (`start`: times[0] as a host int, when known); return the keys,
-        values and times to attend over, and whether every returned slot holds an entry. With `static`, the whole
-        buffers: their shapes never change, and empty slots are masked by their time -1."""
+    def update(self, times: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int | None):
+        """Store the new keys/values at `times` (`start` = times[0] as a host int); return the keys, values and
+        times to attend over, and whether every returned slot holds an entry. With `start` None (static shapes), the
+        whole buffers: their shapes never change, and empty slots are masked by their time -1."""
         B = k.shape[0]
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        if static and not self.ring:
+        if start is None and not self.ring:
             keys, values = self.k[:B], self.v[:B]
             keys.index_copy_(2, times, k)
             values.index_copy_(2, times, v)
             self.slot_times.index_copy_(0, times, times)
             return keys, values, self.slot_times, False
         if not self.ring:  # times are consecutive: write a slice, not an index list
-            start = int(times[0]) if start is None else start
             end = start + times.shape[0]
             self.k[:B, :, start:end] = k
             self.v[:B, :, start:end] = v

@@ -29,6 +29,7 @@ import torch.nn as nn
 from litgpt_lite.checkpoint import (
     CONFIG,
     LEGACY_WEIGHTS,
+    QUANTIZED_WEIGHTS,
     WEIGHTS,
     SafetensorsWriter,
     atomic_dir,
@@ -52,7 +53,6 @@ MODES: dict[str, tuple[str, bool] | None] = {
 # top-k choice flips under quantization noise
 DEFAULT_SKIP: tuple[str, ...] = ("lm_head", "mlp.gate")
 BLOCKSIZE = 64  # 4-bit block size: one absmax per 64 weights, as QLoRA
-QUANTIZED_WEIGHTS = "lit_model.quantized.safetensors"
 QUANTIZE_YAML = "quantize.yaml"
 
 
@@ -604,7 +604,9 @@ def quantize_cli(
             kernels may round the double-quantized scales differently, so quantize where the model will run.
     """
     check_mode(quantize)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from litgpt_lite.precision import resolve_device
+
+    device = resolve_device(device)  # one-line errors for an unknown device or a missing GPU
     torch_dtype = _parse_dtype(dtype)
     checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
     out_dir = Path(out_dir) if out_dir is not None else checkpoint_dir.with_name(f"{checkpoint_dir.name}-{quantize}")

@@ -53,7 +53,7 @@ class _Body(BaseModel):
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)  # not in the OpenAI API; vLLM and others accept it as an extra field
-    ignore_eos: bool = False  # vLLM's extra field: generate past eos, up to max_tokens
+    ignore_eos: bool = False  # vLLM's extra field: generate past eos and end-of-turn tokens, up to max_tokens
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None

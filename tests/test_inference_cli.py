@@ -22,6 +22,8 @@ def test_llm_generate_greedy_batch_and_stream(llm):
     assert batch[0] == llm.generate(prompts[0], max_new_tokens=20, temperature=0)
     assert "".join(llm.generate(prompts[1], max_new_tokens=20, temperature=0, stream=True)) == answer
     assert llm.generate(prompts[1], max_new_tokens=20, temperature=0, stop=["Paris"]) == "The capital of France is "
+    longer = llm.generate(prompts[1], max_new_tokens=20, temperature=0, ignore_eos=True)  # runs past <|im_end|>
+    assert longer.startswith(answer) and len(longer) > len(answer)
 
 
 def test_llm_benchmark_reports_metrics(llm):

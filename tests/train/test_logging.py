@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from train_helpers import losses, tiny_checkpoint
+from train_helpers import losses, tiny_checkpoint, train_args
 
 from litgpt_lite.errors import UserError
 from litgpt_lite.train.args import EvalArgs, TrainArgs
@@ -18,16 +18,7 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def _train(steps=4, **kw) -> TrainArgs:
-    return TrainArgs(
-        global_batch_size=4,
-        micro_batch_size=2,
-        max_steps=steps,
-        max_seq_length=128,
-        lr_warmup_steps=1,
-        save_interval=None,
-        log_interval=1,
-        **kw,
-    )
+    return train_args(steps, **{"global_batch_size": 4, "micro_batch_size": 2, "lr_warmup_steps": 1, **kw})
 
 
 def test_tensorboard_csv_and_plot(tiny_ckpt, tmp_path, capsys):

@@ -24,6 +24,23 @@ TINY = dict(
 )
 
 
+def train_args(steps: int, **overrides):
+    """Short TrainArgs for the tiny models: `steps` optimizer steps of 8 x 128 tokens, logged every step, no
+    checkpoints; `overrides` change any field."""
+    from litgpt_lite.train.args import TrainArgs
+
+    args = dict(
+        global_batch_size=8,
+        micro_batch_size=4,
+        max_steps=steps,
+        max_seq_length=128,
+        lr_warmup_steps=2,
+        save_interval=None,
+        log_interval=1,
+    )
+    return TrainArgs(**{**args, **overrides})
+
+
 def tiny_config(**overrides) -> Config:
     return Config(**{**TINY, **overrides})
 
