@@ -38,6 +38,7 @@ from litgpt_lite.checkpoint import (
     validate_checkpoint_dir,
 )
 from litgpt_lite.errors import UserError
+from litgpt_lite.model import Linear, is_plain_linear
 
 LORA_YAML = "lora.yaml"
 
@@ -246,15 +247,15 @@ def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def merge_lora_modules(model: nn.Module) -> nn.Module:
-    """Replace every LoRALinear by a plain nn.Linear holding its merged weight (needs full-precision bases)."""
+    """Replace every LoRALinear by a plain Linear holding its merged weight (needs full-precision bases)."""
     from litgpt_lite.quantize import set_submodule
 
     model = unwrap(model)
     for name, module in lora_modules(model).items():
-        if type(module.base) is not nn.Linear:
+        if not is_plain_linear(module.base):
             raise UserError(f"{name} wraps a quantized Linear: merge into the full-precision base with merge_lora")
         base = module.base
-        merged = nn.Linear(module.in_features, module.out_features, bias=base.bias is not None, device="meta")
+        merged = Linear(module.in_features, module.out_features, bias=base.bias is not None, device="meta")
         merged.weight = nn.Parameter(module.merged_weight().to(base.weight.dtype), requires_grad=False)
         if base.bias is not None:
             merged.bias = base.bias

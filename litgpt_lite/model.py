@@ -21,6 +21,40 @@ import torch.nn.functional as F
 from litgpt_lite.config import Config
 
 
+class Linear(nn.Linear):
+    """nn.Linear with faster CPU paths for the few rows of decoding; same parameters, state dict and math.
+
+    Decoding a token streams every weight from memory once, and for a handful of rows torch's CPU matmul does so on
+    one core. Without autograd, on the CPU:
+    - eager fp32, up to `SPLIT_MAX_ROWS` rows: the weight is viewed as `n` blocks of output rows multiplied as one
+      bmm, which spreads the blocks over the cores (bf16 matmuls already use every core, and gain nothing);
+    - one row under `torch.compile` (the compiled decode step): a multiply-sum over the weight in float32, which
+      inductor fuses into one vectorised, multi-threaded pass over the weight (bf16 included).
+    """
+
+    SPLIT_MAX_ROWS = 128
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if x.device.type != "cpu" or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
+            return F.linear(x, w, b)
+        rows = x.numel() // self.in_features
+        if rows == 1 and torch.compiler.is_compiling():
+            y = (x.unsqueeze(-2).float() * w.float()).sum(-1)
+            return (y if b is None else y + b.float()).to(x.dtype)
+        n = next((n for n in (8, 4, 2) if self.out_features % n == 0), 1)
+        if n > 1 and rows <= self.SPLIT_MAX_ROWS and x.dtype == w.dtype == torch.float32 and w.is_contiguous():
+            blocks = torch.bmm(x.reshape(1, rows, -1).expand(n, -1, -1), w.view(n, -1, self.in_features).mT)
+            y = blocks.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)  # (n, rows, out / n) -> (..., out)
+            return y if b is None else y + b
+        return F.linear(x, w, b)
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """A full-precision Linear (ours or torch's), not a quantized or LoRA one."""
+    return type(module) in (nn.Linear, Linear)
+
+
 class GPT(nn.Module):
     def __init__(self, config: Config) -> None:
         super().__init__()
@@ -32,7 +66,7 @@ class GPT(nn.Module):
                 ln_f=make_norm(config, config.n_embd),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=config.lm_head_bias)
+        self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=config.lm_head_bias)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.rope = RoPE(config)
@@ -68,6 +102,7 @@ class GPT(nn.Module):
         mask = MaskSpec(times, pad_lens, segment_ids, cached=input_pos is not None, start=start)
 
         x = self.transformer.wte(idx)  # (B, T, C)
+        cos_sin = {kind: (c.to(x.dtype), s.to(x.dtype)) for kind, (c, s) in cos_sin.items()}  # once, not per layer
         if self.config.scale_embeddings:
             x = x * torch.tensor(self.config.n_embd**0.5, dtype=x.dtype)
         for block in self.transformer.h:
@@ -168,8 +203,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.config, self.layer = config, layer
         D, H, G = config.head_size, config.n_head, config.n_query_groups
-        self.qkv = nn.Linear(config.n_embd, (H + 2 * G) * D, bias=config.attn_bias)  # fused [Q; K; V]
-        self.proj = nn.Linear(H * D, config.n_embd, bias=config.attn_proj_bias)
+        self.qkv = Linear(config.n_embd, (H + 2 * G) * D, bias=config.attn_bias)  # fused [Q; K; V]
+        self.proj = Linear(H * D, config.n_embd, bias=config.attn_proj_bias)
         if config.norm_qk:
             qk_dims = (D, D) if config.norm_qk_type == "head" else (H * D, G * D)
             self.norm_q = make_norm(config, qk_dims[0])
@@ -327,8 +362,8 @@ class GptNeoxMLP(nn.Module):
     def __init__(self, config: Config, intermediate_size: int | None = None) -> None:
         super().__init__()
         size = intermediate_size or config.intermediate_size
-        self.fc = nn.Linear(config.n_embd, size, bias=config.mlp_bias)
-        self.proj = nn.Linear(size, config.n_embd, bias=config.mlp_bias)
+        self.fc = Linear(config.n_embd, size, bias=config.mlp_bias)
+        self.proj = Linear(size, config.n_embd, bias=config.mlp_bias)
         self.approximate = config.gelu_approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -341,9 +376,9 @@ class LLaMAMLP(nn.Module):
     def __init__(self, config: Config, intermediate_size: int | None = None) -> None:
         super().__init__()
         size = intermediate_size or config.intermediate_size
-        self.fc_1 = nn.Linear(config.n_embd, size, bias=config.mlp_bias)  # gate
-        self.fc_2 = nn.Linear(config.n_embd, size, bias=config.mlp_bias)  # up
-        self.proj = nn.Linear(size, config.n_embd, bias=config.mlp_bias)  # down
+        self.fc_1 = Linear(config.n_embd, size, bias=config.mlp_bias)  # gate
+        self.fc_2 = Linear(config.n_embd, size, bias=config.mlp_bias)  # up
+        self.proj = Linear(size, config.n_embd, bias=config.mlp_bias)  # down
         self.config = config
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
@@ -365,7 +400,7 @@ class LLaMAMoE(nn.Module):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
-        self.gate = nn.Linear(config.n_embd, config.n_expert, bias=False)
+        self.gate = Linear(config.n_embd, config.n_expert, bias=False)
         self.experts = nn.ModuleList(LLaMAMLP(config, config.expert_intermediate_size) for _ in range(config.n_expert))
         self.config = config
 
@@ -404,10 +439,10 @@ class RMSNorm(nn.Module):
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        weight = (1 + self.weight.float()) if self.unit_offset else self.weight.float()
         if self.unit_offset:  # Gemma multiplies in float32, Llama in the input dtype
-            return (x * weight).to(dtype)
-        return weight.to(dtype) * x.to(dtype)
+            return (x * (1 + self.weight.float())).to(dtype)
+        weight = self.weight if self.weight.dtype == dtype else self.weight.float().to(dtype)
+        return weight * x.to(dtype)
 
 
 def make_norm(config: Config, size: int) -> nn.Module:

@@ -40,6 +40,7 @@ from litgpt_lite.checkpoint import (
     validate_checkpoint_dir,
 )
 from litgpt_lite.errors import UserError
+from litgpt_lite.model import is_plain_linear
 
 # mode -> (4-bit data type, double quantization of the absmax statistics); None marks LLM.int8()
 MODES: dict[str, tuple[str, bool] | None] = {
@@ -100,9 +101,9 @@ def _skipped(name: str, skip: Iterable[str]) -> bool:
 
 
 def quantizable_linears(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP) -> list[str]:
-    """Names of the plain nn.Linear modules that `quantize_model` swaps (LoRA adapters are never nn.Linear)."""
+    """Names of the full-precision Linear modules that `quantize_model` swaps (LoRA adapters are never Linears)."""
     skip = tuple(skip)
-    return [name for name, m in model.named_modules() if type(m) is nn.Linear and not _skipped(name, skip)]
+    return [name for name, m in model.named_modules() if is_plain_linear(m) and not _skipped(name, skip)]
 
 
 def _default_compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -204,7 +205,7 @@ def quantize_model(
 
 def dense_weight(module: nn.Module) -> torch.Tensor:
     """The (out, in) weight of a plain, 4-bit or int8 Linear as a floating tensor (dequantized when needed)."""
-    if type(module) is nn.Linear:
+    if is_plain_linear(module):
         return module.weight
     bnb = import_bitsandbytes()
     if isinstance(module, bnb.nn.Linear4bit):

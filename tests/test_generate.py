@@ -93,12 +93,13 @@ def test_static_decode_path_equals_the_sliced_one(variant):
     torch.testing.assert_close(outs[1], outs[0])
 
 
-def test_compiled_decode_step_gives_the_eager_tokens():
-    """`compile_decode` (what `--compile` turns on): same greedy tokens, batched rows with padding included."""
+@pytest.mark.parametrize("prompts", [[[1, 2, 3], [4, 5, 6, 7, 8, 9]], [[4, 5, 6]]], ids=["batch", "one_row"])
+def test_compiled_decode_step_gives_the_eager_tokens(prompts):
+    """`compile_decode` (what `--compile` turns on): same greedy tokens, batched rows with padding included, and
+    one row (whose Linears take the fused multiply-sum path on the CPU)."""
     model = tiny("llama_gqa", block_size=64)
     tok = CharTokenizer()
     tok.stop_ids = set()
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
     params = SamplingParams(max_new_tokens=6)
 
     def run():

@@ -21,7 +21,7 @@ from litgpt_lite.config import Config  # noqa: E402
 from litgpt_lite.errors import UserError  # noqa: E402
 from litgpt_lite.generate import greedy_tokens  # noqa: E402
 from litgpt_lite.lora import LoRALinear, LoRARecipe  # noqa: E402
-from litgpt_lite.model import GPT  # noqa: E402
+from litgpt_lite.model import GPT, is_plain_linear  # noqa: E402
 from litgpt_lite.quantize import (  # noqa: E402
     MODES,
     QUANTIZED_WEIGHTS,
@@ -57,7 +57,7 @@ def quantized_types(model) -> set[str]:
 def test_each_mode_loads_and_generates(tiny_ckpt, mode):
     model = load_model_for_inference(tiny_ckpt, quantize=mode)
     assert quantized_types(model) == {"Linear8bitLt" if mode == "bnb.int8" else "Linear4bit"}
-    assert type(model.lm_head) is torch.nn.Linear  # the head stays in full precision
+    assert is_plain_linear(model.lm_head)  # the head stays in full precision
     assert model.lm_head.weight is model.transformer.wte.weight  # and stays tied
     prompt = [5, 17, 42, 7]
     tokens = greedy_tokens(model, prompt, max_new_tokens=6)
@@ -151,7 +151,7 @@ def test_skip_controls_which_linears_are_quantized():
     quantize_model(model, "bnb.nf4", skip=("mlp.fc_2",))
     assert isinstance(model.lm_head, bnb.nn.Linear4bit)  # asked for: the tied head is quantized from a copy
     assert torch.equal(model.transformer.wte.weight, embedding)  # and the embedding keeps full precision
-    assert all(type(block.mlp.fc_2) is torch.nn.Linear for block in model.transformer.h)
+    assert all(is_plain_linear(block.mlp.fc_2) for block in model.transformer.h)
     assert all(isinstance(block.mlp.fc_1, bnb.nn.Linear4bit) for block in model.transformer.h)
     assert len(greedy_tokens(model, [1, 2, 3], max_new_tokens=3)) == 3
 

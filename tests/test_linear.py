@@ -1,0 +1,65 @@
+"""model.Linear: its CPU decode paths compute what F.linear computes, and training keeps the plain path."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from litgpt_lite.model import Linear
+
+
+def _layer(in_f, out_f, bias, dtype=torch.float32):
+    torch.manual_seed(0)
+    layer = Linear(in_f, out_f, bias=bias).to(dtype)
+    if bias:
+        torch.nn.init.normal_(layer.bias)
+    return layer
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 3, 64), (1, 128, 64), (1, 129, 64)])
+@pytest.mark.parametrize("out_f", [96, 50, 7])  # 8 blocks, 2 blocks, no split
+@pytest.mark.parametrize("bias", [False, True])
+def test_inference_paths_equal_f_linear(shape, out_f, bias):
+    layer = _layer(64, out_f, bias)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        y = layer(x)
+    assert y.shape == (*shape[:-1], out_f)
+    torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias))
+
+
+def test_the_split_path_runs_for_few_rows_only(monkeypatch):
+    """The block split is what runs for a few fp32 rows without autograd, and only then (bmm is its one call)."""
+    calls = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(a[0].shape) or real_bmm(*a))
+    layer = _layer(64, 96, False)
+    with torch.no_grad():
+        layer(torch.randn(1, 1, 64))
+        assert calls == [(8, 1, 64)]
+        layer(torch.randn(1, 200, 64))  # more than SPLIT_MAX_ROWS rows
+        layer.to(torch.bfloat16)(torch.randn(1, 1, 64, dtype=torch.bfloat16))
+    layer.float()(torch.randn(1, 1, 64))  # autograd on: the plain path
+    assert calls == [(8, 1, 64)]
+
+
+def test_gradients_flow_as_in_nn_linear():
+    layer = _layer(64, 96, True)
+    ref = torch.nn.Linear(64, 96)
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(1, 1, 64)
+    layer(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    torch.testing.assert_close(layer.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(layer.bias.grad, ref.bias.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_row_under_compile_equals_f_linear(dtype):
+    """The compiled decode step's one-row path (a float32 multiply-sum inductor fuses) rounds like F.linear."""
+    layer = _layer(64, 96, True, dtype)
+    x = torch.randn(1, 1, 64, dtype=dtype)
+    compiled = torch.compile(layer, dynamic=False)
+    with torch.no_grad():
+        y, ref = compiled(x), F.linear(x, layer.weight, layer.bias)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=2**-7)
+    torch.testing.assert_close(y, ref, **tol)
