@@ -15,7 +15,7 @@ def _layer(in_f, out_f, bias, dtype=torch.float32):
     return layer
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 3, 64), (1, 128, 64), (1, 129, 64)])
+@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 3, 64), (1, 128, 64), (1, 129, 64), (1, 0, 64)])
 @pytest.mark.parametrize("out_f", [96, 50, 7])  # 8 blocks, 2 blocks, no split
 @pytest.mark.parametrize("bias", [False, True])
 def test_inference_paths_equal_f_linear(shape, out_f, bias):
