@@ -38,7 +38,7 @@ from litgpt_lite.checkpoint import (
     validate_checkpoint_dir,
 )
 from litgpt_lite.errors import UserError
-from litgpt_lite.model import Linear, is_plain_linear
+from litgpt_lite.model import GPT, Linear, is_plain_linear
 
 LORA_YAML = "lora.yaml"
 
@@ -451,8 +451,6 @@ def merged_state(
     base: Path, config, cfg: LoRAConfig, adapters: dict[str, torch.Tensor], source: str
 ) -> tuple[dict[str, torch.Tensor], Any]:
     """The base weights with every adapter folded in, plus the (possibly untied) config."""
-    from litgpt_lite.model import GPT
-
     with torch.device("meta"):
         meta = GPT(config)
     inject_lora(meta, cfg)

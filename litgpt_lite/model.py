@@ -44,14 +44,13 @@ class Linear(nn.Linear):
         if rows == 1 and torch.compiler.is_compiling():
             y = (x.unsqueeze(-2).float() * w.float()).sum(-1)
             return (y if b is None else y + b.float()).to(x.dtype)
-        n = next((n for n in (8, 4, 2) if self.out_features % n == 0), 1)
-        if n > 1 and rows <= self.SPLIT_MAX_ROWS and x.dtype == w.dtype == torch.float32 and w.is_contiguous():
-            blocks = torch.bmm(
-                x.reshape(1, rows, self.in_features).expand(n, -1, -1), w.view(n, -1, self.in_features).mT
-            )
-            y = blocks.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)  # (n, rows, out / n) -> (..., out)
-            return y if b is None else y + b
-        return F.linear(x, w, b)
+        split = rows <= self.SPLIT_MAX_ROWS and x.dtype == w.dtype == torch.float32 and w.is_contiguous()
+        if not split or self.out_features % 2:
+            return F.linear(x, w, b)
+        n = next(n for n in (8, 4, 2) if self.out_features % n == 0)
+        blocks = torch.bmm(x.reshape(1, rows, self.in_features).expand(n, -1, -1), w.view(n, -1, self.in_features).mT)
+        y = blocks.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)  # (n, rows, out / n) -> (..., out)
+        return y if b is None else y + b
 
 
 def is_plain_linear(module: nn.Module) -> bool:
@@ -101,12 +100,11 @@ class GPT(nn.Module):
         times = self._times(T, input_pos, idx.device)  # (T,) cache times of the new tokens
         if positions is None:
             positions = self._positions(B, times, pad_lens, segment_ids)
-        cos_sin = self.rope(positions, idx.device)
         start = None if isinstance(input_pos, torch.Tensor) else input_pos or 0  # None: static shapes
         mask = MaskSpec(times, pad_lens, segment_ids, cached=input_pos is not None, start=start)
 
         x = self.transformer.wte(idx)  # (B, T, C)
-        cos_sin = {kind: (c.to(x.dtype), s.to(x.dtype)) for kind, (c, s) in cos_sin.items()}  # once, not per layer
+        cos_sin = self.rope(positions, idx.device, x.dtype)
         if self.config.scale_embeddings:
             x = x * torch.tensor(self.config.n_embd**0.5, dtype=x.dtype)
         for block in self.transformer.h:
@@ -445,8 +443,7 @@ class RMSNorm(nn.Module):
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.unit_offset:  # Gemma multiplies in float32, Llama in the input dtype
             return (x * (1 + self.weight.float())).to(dtype)
-        weight = self.weight if self.weight.dtype == dtype else self.weight.float().to(dtype)
-        return weight * x.to(dtype)
+        return self.weight.to(dtype) * x.to(dtype)
 
 
 def make_norm(config: Config, size: int) -> nn.Module:
@@ -478,23 +475,25 @@ class RoPE(nn.Module):
             "local_inv_freq", rope_inv_freq(dim, local_base, None, 0)[0] if local_base else None, persistent=False
         )
 
-    def forward(self, positions: torch.Tensor, device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, positions: torch.Tensor, device, dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """cos/sin (B, 1, T, rope dims) per kind of layer, computed in float32 and cast once to `dtype` (the
+        activations' dtype), as transformers does, rather than in every layer."""
         inv_freq = self.inv_freq
         if self.long_inv_freq is not None:
             original = self.config.rope_scaling["original_max_position_embeddings"]
             if int(positions.max()) + 1 > original:
                 inv_freq = self.long_inv_freq
-        out = {"global": _cos_sin(positions, inv_freq, self.attention_scaling)}
+        out = {"global": _cos_sin(positions, inv_freq, self.attention_scaling, dtype)}
         out["local"] = (
-            _cos_sin(positions, self.local_inv_freq, 1.0) if self.local_inv_freq is not None else out["global"]
+            _cos_sin(positions, self.local_inv_freq, 1.0, dtype) if self.local_inv_freq is not None else out["global"]
         )
         return out
 
 
-def _cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scaling: float):
+def _cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scaling: float, dtype: torch.dtype):
     freqs = positions.unsqueeze(-1).float() * inv_freq.float().to(positions.device)  # (B, T, dim/2)
     emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # (B, 1, T, dim)
-    return emb.cos() * scaling, emb.sin() * scaling
+    return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

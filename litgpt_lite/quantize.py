@@ -40,7 +40,7 @@ from litgpt_lite.checkpoint import (
     validate_checkpoint_dir,
 )
 from litgpt_lite.errors import UserError
-from litgpt_lite.model import is_plain_linear
+from litgpt_lite.model import GPT, RoPE, is_plain_linear
 
 # mode -> (4-bit data type, double quantization of the absmax statistics); None marks LLM.int8()
 MODES: dict[str, tuple[str, bool] | None] = {
@@ -371,8 +371,6 @@ def _weights_reader(checkpoint_dir: Path):
 
 # ---------------------------------------------------------------- load-time quantization
 def _meta_model(config):
-    from litgpt_lite.model import GPT
-
     with torch.device("meta"):
         return GPT(config)
 
@@ -386,8 +384,6 @@ def _place(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 def _finish(model: nn.Module, device: torch.device) -> nn.Module:
     """Rebuild the meta-device buffers (RoPE) on `device` and check nothing was left unloaded."""
-    from litgpt_lite.model import RoPE
-
     with torch.device(device):
         model.rope = RoPE(model.config)
     left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
