@@ -63,3 +63,56 @@ def test_one_row_under_compile_equals_f_linear(dtype):
         y, ref = compiled(x), F.linear(x, layer.weight, layer.bias)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=2**-7)
     torch.testing.assert_close(y, ref, **tol)
+
+
+def test_one_row_under_compile_after_a_norm_equals_eager():
+    """With a norm producing its input (the decode step's shape: RMSNorm -> Linear), the realized input gives the
+    eager values."""
+    from litgpt_lite.model import RMSNorm
+
+    torch.manual_seed(0)
+    norm, layer = RMSNorm(64), _layer(64, 96, False, torch.bfloat16)
+    norm = norm.to(torch.bfloat16)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(1, 1, 64, dtype=torch.bfloat16)
+    compiled = torch.compile(lambda t: layer(norm(t)), dynamic=False)
+    with torch.no_grad():
+        y, ref = compiled(x), F.linear(norm(x), layer.weight)
+    torch.testing.assert_close(y, ref, atol=1e-2, rtol=2**-7)
+
+
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("rows", [7, 8, 300])
+def test_bf16_rows_upcast_only_without_native_bf16(monkeypatch, native, rows):
+    """bf16 with UPCAST_MIN_ROWS+ rows on a CPU without native bf16 multiplies float32 copies (one F.linear on fp32
+    tensors) and rounds back, within bf16 rounding of the bf16 kernel; otherwise the bf16 kernel runs."""
+    import litgpt_lite.model as model
+
+    monkeypatch.setattr(model, "_native_bf16", lambda: native)
+    seen = []
+    real = F.linear
+    monkeypatch.setattr(model.F, "linear", lambda x, *a: seen.append(x.dtype) or real(x, *a))
+    layer = _layer(64, 96, True, torch.bfloat16)
+    x = torch.randn(1, rows, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y = layer(x)
+    upcast = not native and rows >= Linear.UPCAST_MIN_ROWS
+    assert seen == [torch.float32 if upcast else torch.bfloat16]
+    assert y.dtype == torch.bfloat16
+    ref = real(x.float(), layer.weight.float(), layer.bias.float())  # the exact product, in float32
+    torch.testing.assert_close(y.float(), ref, atol=1e-2, rtol=2**-7)
+
+
+def test_bf16_upcast_stays_off_under_autocast_and_autograd(monkeypatch):
+    import litgpt_lite.model as model
+
+    monkeypatch.setattr(model, "_native_bf16", lambda: False)
+    seen = []
+    real = F.linear
+    monkeypatch.setattr(model.F, "linear", lambda x, *a: seen.append(x.dtype) or real(x, *a))
+    layer = _layer(64, 96, False, torch.bfloat16)
+    x = torch.randn(1, 16, 64, dtype=torch.bfloat16)
+    layer(x)  # autograd on
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x)
+    assert seen == [torch.bfloat16, torch.bfloat16]
