@@ -92,11 +92,20 @@ def stream_generate(
     for row in rows:
         row.params = _clamp(row.params, block - row.prompt_len)
     device = model.lm_head.weight.device
-    model.set_kv_cache(B, T + budget)
+    model.set_kv_cache(B, cache_length(T + budget, block, static=getattr(model, "decode_step", None) is not None))
     try:
         yield from _decode(model, tokenizer, prompts, rows, T, budget, device)
     finally:
         model.clear_kv_cache()
+
+
+def cache_length(needed: int, block_size: int, static: bool) -> int:
+    """KV-cache slots for one call. A compiled decode step has static shapes, so the cache length is part of its
+    graph: it is rounded up to a power of two (at least 64, at most the context), so prompts of many lengths share a
+    few graphs instead of recompiling (a minute on a CPU) for every new length, and the turns of a chat keep theirs."""
+    if not static:
+        return needed
+    return min(block_size, max(64, 1 << (needed - 1).bit_length()))
 
 
 def _new_row(prompt_len: int, params: SamplingParams, tokenizer) -> _Row:

@@ -5,7 +5,14 @@ import torch
 
 from litgpt_lite.config import Config
 from litgpt_lite.errors import UserError
-from litgpt_lite.generate import SamplingParams, _find_stop, _held_back, greedy_tokens, stream_generate
+from litgpt_lite.generate import (
+    SamplingParams,
+    _find_stop,
+    _held_back,
+    cache_length,
+    greedy_tokens,
+    stream_generate,
+)
 from litgpt_lite.model import GPT
 
 VARIANTS = {
@@ -113,6 +120,27 @@ def test_compiled_decode_step_gives_the_eager_tokens(prompts):
     model.compile_decode()
     try:
         assert run() == eager
+    finally:
+        model.decode_step = None
+
+
+def test_compiled_decode_step_serves_prompts_of_other_lengths_without_recompiling():
+    """The cache of a compiled step is sized in powers of two: prompts of 3 and 9 tokens (8 new tokens each) share
+    one 64-slot graph; each would be its own graph with caches of 11 and 17 slots."""
+    from torch._dynamo.utils import counters
+
+    assert [cache_length(n, 2048, True) for n in (11, 17, 64, 65, 3000)] == [64, 64, 64, 128, 2048]
+    assert cache_length(17, 2048, False) == 17
+    model = tiny("llama_gqa", block_size=256)
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    torch._dynamo.reset()  # graphs of earlier tests could serve these shapes
+    model.compile_decode()
+    try:
+        before = counters["stats"]["unique_graphs"]
+        for prompt in ([1, 2, 3], [4, 5, 6, 7, 8, 9, 1, 2, 3]):
+            list(stream_generate(model, tok, [prompt], SamplingParams(max_new_tokens=8)))
+        assert counters["stats"]["unique_graphs"] - before == 1
     finally:
         model.decode_step = None
 
