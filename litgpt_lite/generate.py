@@ -92,9 +92,10 @@ def stream_generate(
     for row in rows:
         row.params = _clamp(row.params, block - row.prompt_len)
     device = model.lm_head.weight.device
-    model.set_kv_cache(B, cache_length(T + budget, block, static=getattr(model, "decode_step", None) is not None))
+    compiled = getattr(model, "decode_step", None)  # a compiled step has static shapes: the cache size is in its graph
+    model.set_kv_cache(B, cache_length(T + budget, block, static=compiled is not None))
     try:
-        yield from _decode(model, tokenizer, prompts, rows, T, budget, device)
+        yield from _decode(model, compiled, tokenizer, prompts, rows, T, budget, device)
     finally:
         model.clear_kv_cache()
 
@@ -121,7 +122,9 @@ def _clamp(params: SamplingParams, room: int) -> SamplingParams:
     return SamplingParams(**{**params.__dict__, "max_new_tokens": room})
 
 
-def _decode(model, tokenizer, prompts, rows: list[_Row], T: int, budget: int, device) -> Iterator[list[TokenDelta]]:
+def _decode(
+    model, compiled, tokenizer, prompts, rows: list[_Row], T: int, budget: int, device
+) -> Iterator[list[TokenDelta]]:
     B = len(prompts)
     pad_lens = torch.tensor([T - len(p) for p in prompts], device=device)
     idx = torch.zeros(B, T, dtype=torch.long, device=device)
@@ -140,7 +143,6 @@ def _decode(model, tokenizer, prompts, rows: list[_Row], T: int, budget: int, de
     live = list(range(B))  # batch slot -> row; finished rows leave the batch so no step is spent on them
     # a compiled decode step has static shapes: it keeps its batch (no recompiles) and takes the position as a
     # device tensor, advanced in place
-    compiled = getattr(model, "decode_step", None)
     step_fn = compiled or model
     pos = torch.tensor(T, device=device) if compiled else T
     for step in range(budget):

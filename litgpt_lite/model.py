@@ -11,7 +11,6 @@ rows instead pass `segment_ids`: a token sees only earlier tokens of its own seg
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -55,9 +54,9 @@ class Linear(nn.Linear):
             xf = torch.as_strided(xf, xf.shape, xf.stride())  # realized once, not recomputed per output row
             y = (xf.unsqueeze(-2) * w.float()).sum(-1)
             return (y if b is None else y + b.float()).to(x.dtype)
-        if rows >= self.UPCAST_MIN_ROWS and x.dtype == w.dtype == torch.bfloat16 and not _native_bf16():
-            if not torch.is_autocast_enabled("cpu"):
-                return F.linear(x.float(), w.float(), None if b is None else b.float()).to(x.dtype)
+        upcast = rows >= self.UPCAST_MIN_ROWS and x.dtype == w.dtype == torch.bfloat16
+        if upcast and not cpu_has_native_bf16() and not torch.is_autocast_enabled("cpu"):
+            return F.linear(x.float(), w.float(), None if b is None else b.float()).to(x.dtype)
         split = rows <= self.SPLIT_MAX_ROWS and x.dtype == w.dtype == torch.float32 and w.is_contiguous()
         if not split or self.out_features % 2:
             return F.linear(x, w, b)
@@ -65,9 +64,6 @@ class Linear(nn.Linear):
         blocks = torch.bmm(x.reshape(1, rows, self.in_features).expand(n, -1, -1), w.view(n, -1, self.in_features).mT)
         y = blocks.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)  # (n, rows, out / n) -> (..., out)
         return y if b is None else y + b
-
-
-_native_bf16 = functools.cache(cpu_has_native_bf16)  # asked once per process
 
 
 def is_plain_linear(module: nn.Module) -> bool:

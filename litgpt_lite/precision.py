@@ -6,6 +6,8 @@ LitGPT defaults to bf16-true everywhere; on a CPU without native bf16 (AVX2 mach
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from litgpt_lite.errors import UserError
@@ -30,6 +32,7 @@ _ALIASES = {
 }
 
 
+@functools.cache  # the hardware does not change within a process; `Linear` asks on every bf16 prefill matmul
 def cpu_has_native_bf16() -> bool:
     """True when the CPU executes bf16 matmuls natively (AVX512-BF16 or AMX tiles)."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

@@ -81,17 +81,23 @@ def test_one_row_under_compile_after_a_norm_equals_eager():
     torch.testing.assert_close(y, ref, atol=1e-2, rtol=2**-7)
 
 
+def _record_linear_input_dtypes(monkeypatch, native: bool) -> list[torch.dtype]:
+    """Pretend the CPU has (or lacks) native bf16; return the list that gets the input dtype of each F.linear call."""
+    import litgpt_lite.model as model
+
+    monkeypatch.setattr(model, "cpu_has_native_bf16", lambda: native)
+    seen: list[torch.dtype] = []
+    real = F.linear
+    monkeypatch.setattr(model.F, "linear", lambda x, *a: seen.append(x.dtype) or real(x, *a))
+    return seen
+
+
 @pytest.mark.parametrize("native", [False, True])
 @pytest.mark.parametrize("rows", [7, 8, 300])
 def test_bf16_rows_upcast_only_without_native_bf16(monkeypatch, native, rows):
     """bf16 with UPCAST_MIN_ROWS+ rows on a CPU without native bf16 multiplies float32 copies (one F.linear on fp32
     tensors) and rounds back, within bf16 rounding of the bf16 kernel; otherwise the bf16 kernel runs."""
-    import litgpt_lite.model as model
-
-    monkeypatch.setattr(model, "_native_bf16", lambda: native)
-    seen = []
-    real = F.linear
-    monkeypatch.setattr(model.F, "linear", lambda x, *a: seen.append(x.dtype) or real(x, *a))
+    seen = _record_linear_input_dtypes(monkeypatch, native)
     layer = _layer(64, 96, True, torch.bfloat16)
     x = torch.randn(1, rows, 64, dtype=torch.bfloat16)
     with torch.no_grad():
@@ -99,17 +105,12 @@ def test_bf16_rows_upcast_only_without_native_bf16(monkeypatch, native, rows):
     upcast = not native and rows >= Linear.UPCAST_MIN_ROWS
     assert seen == [torch.float32 if upcast else torch.bfloat16]
     assert y.dtype == torch.bfloat16
-    ref = real(x.float(), layer.weight.float(), layer.bias.float())  # the exact product, in float32
+    ref = x.float() @ layer.weight.float().T + layer.bias.float()  # the exact product, in float32
     torch.testing.assert_close(y.float(), ref, atol=1e-2, rtol=2**-7)
 
 
 def test_bf16_upcast_stays_off_under_autocast_and_autograd(monkeypatch):
-    import litgpt_lite.model as model
-
-    monkeypatch.setattr(model, "_native_bf16", lambda: False)
-    seen = []
-    real = F.linear
-    monkeypatch.setattr(model.F, "linear", lambda x, *a: seen.append(x.dtype) or real(x, *a))
+    seen = _record_linear_input_dtypes(monkeypatch, native=False)
     layer = _layer(64, 96, False, torch.bfloat16)
     x = torch.randn(1, 16, 64, dtype=torch.bfloat16)
     layer(x)  # autograd on
