@@ -46,7 +46,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
-        if x.device.type != "cpu" or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
+        if not x.is_cpu or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
             return F.linear(x, w, b)
         rows = x.numel() // self.in_features
         if rows == 1 and torch.compiler.is_compiling():
@@ -230,28 +230,55 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos_sin, mask: MaskSpec) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self._project(x)  # (B, H, T, D), (B, G, T, D), (B, G, T, D)
-        cos, sin = cos_sin["local" if self.local_rope else "global"]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self._project(x, *cos_sin["local" if self.local_rope else "global"])  # (B, H|G|G, T, D)
         key_times, all_valid = mask.times, False
         if self.kv_cache is not None and mask.cached:
             k, v, key_times, all_valid = self.kv_cache.update(mask.times, k, v, mask.start)
-        y = self._attend(q, k, v, mask.build(key_times, self.window, x.device, all_valid))  # (B, H, T, D)
+        runs = mask.segment_runs() if self.window is None and self.config.attention_logit_softcapping is None else None
+        if runs is not None:
+            y = self._attend_segments(q, k, v, runs)
+        else:
+            y = self._attend(q, k, v, mask.build(key_times, self.window, x.device, all_valid))  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
-    def _project(self, x: torch.Tensor):
+    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Queries, keys and values (B, heads, T, D), with RoPE applied to queries and keys."""
         B, T, _ = x.shape
         D, H, G = self.config.head_size, self.config.n_head, self.config.n_query_groups
         qkv = self.qkv(x)
         if self.config.clip_qkv is not None:
             qkv = qkv.clamp(-self.config.clip_qkv, self.config.clip_qkv)
-        q, k, v = qkv.split((H * D, G * D, G * D), dim=-1)
-        if self.config.norm_qk and self.config.norm_qk_type == "all":
-            q, k = self.norm_q(q), self.norm_k(k)
-        q, k, v = (t.view(B, T, -1, D).transpose(1, 2) for t in (q, k, v))
-        if self.config.norm_qk and self.config.norm_qk_type == "head":
-            q, k = self.norm_q(q), self.norm_k(k)
-        return q, k, v
+        if not self.config.norm_qk:  # rotate queries and keys in one pass: half the small ops of a decode step
+            qkv = qkv.view(B, T, H + 2 * G, D)
+            qk = apply_rope(qkv[:, :, : H + G], cos, sin)
+            q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + G :]
+        else:
+            q, k, v = qkv.split((H * D, G * D, G * D), dim=-1)
+            if self.config.norm_qk_type == "all":
+                q, k = self.norm_q(q), self.norm_k(k)
+            q, k, v = (t.view(B, T, -1, D) for t in (q, k, v))
+            if self.config.norm_qk_type == "head":
+                q, k = self.norm_q(q), self.norm_k(k)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _attend_segments(self, q, k, v, runs: list[list[int]]) -> torch.Tensor:
+        """Causal attention within each packed segment, one SDPA call per segment. The masked call over the whole
+        row computes every (query, key) pair and throws most away; this computes only the pairs a segment has, and
+        `split` (unlike slicing) gives backward one concatenation instead of a zero-filled gradient per piece:
+        fwd + bwd of a SmolLM2 layer at 4 x 512 with Alpaca-length segments, 70 -> 33 ms on 2 cores."""
+        scale = 1.0 / math.sqrt(self.config.attention_scores_scalar or self.config.head_size)
+        gqa = q.shape[1] != k.shape[1]
+        rows = []
+        for qb, kb, vb, lengths in zip(q.unbind(0), k.unbind(0), v.unbind(0), runs):
+            pieces = zip(qb.split(lengths, 1), kb.split(lengths, 1), vb.split(lengths, 1))
+            # 4-d pieces: SDPA takes its flash kernel only for (batch, heads, time, dim) inputs (math for 3-d)
+            outs = [
+                F.scaled_dot_product_attention(*(t[None] for t in qkv), is_causal=True, scale=scale, enable_gqa=gqa)
+                for qkv in pieces
+            ]
+            rows.append(torch.cat(outs, dim=2))
+        return torch.cat(rows)
 
     def _attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         scale = 1.0 / math.sqrt(self.config.attention_scores_scalar or self.config.head_size)
@@ -280,7 +307,24 @@ class MaskSpec:
     def __init__(self, times: torch.Tensor, pad_lens, segment_ids, cached: bool, start: int | None = 0) -> None:
         self.times, self.pad_lens, self.segment_ids, self.cached = times, pad_lens, segment_ids, cached
         self.start = start  # the cache time of the first new token as a host int; None: static shapes
-        self._memo: dict[Any, torch.Tensor | None] = {}
+        self._memo: dict[Any, Any] = {}  # built masks, and the segment runs
+
+    def segment_runs(self) -> list[list[int]] | None:
+        """Per row, the lengths of its packed segments in order, when attention can run segment by segment: packed
+        rows without a cache, each segment one contiguous run, in eager mode (under `torch.compile` the host lengths
+        would recompile the graph for every new packing). None otherwise: the boolean mask handles it."""
+        if self.segment_ids is None or self.cached or self.pad_lens is not None or torch.compiler.is_compiling():
+            return None
+        if "runs" not in self._memo:
+            runs = []
+            for row in self.segment_ids.cpu():
+                ids, counts = torch.unique_consecutive(row, return_counts=True)
+                if len(set(ids.tolist())) != len(ids):  # a segment id in two runs: they see each other
+                    runs = None
+                    break
+                runs.append(counts.tolist())
+            self._memo["runs"] = runs
+        return self._memo["runs"]
 
     def build(self, key_times: torch.Tensor, window: int | None, device, all_valid: bool = False):
         """The mask for these keys; `all_valid` says every key slot holds a stored entry (no empty slot)."""
@@ -334,21 +378,24 @@ class KVCache(nn.Module):
         times to attend over, and whether every returned slot holds an entry. With `start` None (static shapes), the
         whole buffers: their shapes never change, and empty slots are masked by their time -1."""
         B = k.shape[0]
-        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        if k.dtype != self.k.dtype:
+            k, v = k.to(self.k.dtype), v.to(self.v.dtype)
         if start is None and not self.ring:
             keys, values = self.k[:B], self.v[:B]
             keys.index_copy_(2, times, k)
             values.index_copy_(2, times, v)
             self.slot_times.index_copy_(0, times, times)
             return keys, values, self.slot_times, False
-        if not self.ring:  # times are consecutive: write a slice, not an index list
-            end = start + times.shape[0]
-            self.k[:B, :, start:end] = k
-            self.v[:B, :, start:end] = v
-            self.slot_times[start:end] = times
+        if not self.ring:  # times are consecutive: write a slice, not an index list (`narrow`: no indexing machinery)
+            T, end = times.shape[0], start + times.shape[0]
+            keys, values = self.k.narrow(0, 0, B), self.v.narrow(0, 0, B)
+            keys.narrow(2, start, T).copy_(k)
+            values.narrow(2, start, T).copy_(v)
+            self.slot_times.narrow(0, start, T).copy_(times)
             if start <= self.filled:
                 self.filled = max(self.filled, end)
-            return self.k[:B, :, :end], self.v[:B, :, :end], self.slot_times[:end], end <= self.filled
+            times = self.slot_times.narrow(0, 0, end)
+            return keys.narrow(2, 0, end), values.narrow(2, 0, end), times, end <= self.filled
         # ring: attend over the old ring plus the new chunk, then keep the newest `slots` entries
         all_k = torch.cat((self.k[:B], k), dim=2)
         all_v = torch.cat((self.v[:B], v), dim=2)
@@ -452,8 +499,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        # torch's rms_norm runs transformers' float32 ops (x * rsqrt(mean(x^2) + eps)) in one call from Python
+        x = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         if self.unit_offset:  # Gemma multiplies in float32, Llama in the input dtype
             return (x * (1 + self.weight.float())).to(dtype)
         return self.weight.to(dtype) * x.to(dtype)
@@ -489,7 +536,7 @@ class RoPE(nn.Module):
         )
 
     def forward(self, positions: torch.Tensor, device, dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """cos/sin (B, 1, T, rope dims) per kind of layer, computed in float32 and cast once to `dtype` (the
+        """cos/sin (B, T, 1, rope dims) per kind of layer, computed in float32 and cast once to `dtype` (the
         activations' dtype), as transformers does, rather than in every layer."""
         inv_freq = self.inv_freq
         if self.long_inv_freq is not None:
@@ -504,21 +551,27 @@ class RoPE(nn.Module):
 
 
 def _cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scaling: float, dtype: torch.dtype):
+    """cos and signed sin (B, T, 1, dim) for `apply_rope`; the sin's first half is negated (see there)."""
     freqs = positions.unsqueeze(-1).float() * inv_freq.float().to(positions.device)  # (B, T, dim/2)
-    emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # (B, 1, T, dim)
-    return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
+    emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(2)  # (B, T, 1, dim)
+    sin = emb.sin() * scaling
+    sin[..., : freqs.shape[-1]].neg_()
+    return (emb.cos() * scaling).to(dtype), sin.to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first `cos.shape[-1]` dims of x (B, H, T, D) by the positions' angles (half-split layout)."""
+    """Rotate the first `cos.shape[-1]` dims of x (B, T, heads, D) by the positions' angles (half-split layout).
+
+    transformers computes `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x2, x1]`. Here the sign lives in
+    the sin (`_cos_sin` negates its first half once per forward), so `rotate_half` is a plain roll of the halves:
+    `[x2, x1] * [-sin, sin]` equals `[-x2, x1] * [sin, sin]` exactly, in one copy instead of a negation and a cat.
+    """
     n = cos.shape[-1]
     if n == 0:
         return x
-    rot, rest = x[..., :n], x[..., n:]
-    half1, half2 = rot[..., : n // 2], rot[..., n // 2 :]
-    rotated = torch.cat((-half2, half1), dim=-1)
-    out = rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
-    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+    rot = x[..., :n] if n < x.shape[-1] else x
+    out = rot * cos + torch.roll(rot, n // 2, dims=-1) * sin
+    return torch.cat((out, x[..., n:]), dim=-1) if n < x.shape[-1] else out
 
 
 def rope_inv_freq(dim: int, base: float, scaling: dict | None, block_size: int, long: bool = False):

@@ -114,3 +114,46 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert set(checkpointed.state_dict()) == set(plain.state_dict())  # keys unchanged: checkpoints stay portable
     for name, g in _grads(checkpointed).items():
         torch.testing.assert_close(g, reference[name], rtol=1e-10, atol=1e-12)
+
+
+def test_attention_per_segment_equals_the_masked_call():
+    """Packed rows attend one segment at a time; the values and gradients are those of one SDPA call under the
+    boolean segment mask (the path a compiled step and sliding-window layers take)."""
+    from litgpt_lite.model import MaskSpec
+
+    model = _model()
+    attn = model.transformer.h[0].attn
+    packed = PackedRows(_samples(10, seed=4), row_length=64)
+    seg = torch.stack([packed[i]["segment_ids"] for i in range(2)])  # (2, 64), rows with different splits
+    B, T = seg.shape
+    mask = MaskSpec(torch.arange(T), None, seg, cached=False)
+    runs = mask.segment_runs()
+    assert runs is not None and runs[0] != runs[1] and all(sum(r) == T for r in runs)
+    H, G, D = attn.config.n_head, attn.config.n_query_groups, attn.config.head_size
+    torch.manual_seed(1)
+    leaves = [torch.randn(B, n, T, D, dtype=torch.float64, requires_grad=True) for n in (H, G, G)]
+    per_segment = attn._attend_segments(*leaves, runs)
+    masked = attn._attend(*leaves, mask.build(torch.arange(T), None, None))
+    torch.testing.assert_close(per_segment, masked, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(masked)
+    grads_seg = torch.autograd.grad((per_segment * weights).sum(), leaves)
+    grads_mask = torch.autograd.grad((masked * weights).sum(), leaves)
+    for a, b in zip(grads_seg, grads_mask):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_segment_id_in_two_runs_takes_the_mask():
+    """segment_ids [0 0 1 1 0 0]: the last run is segment 0 again and sees the first run, so the per-segment path
+    (which would cut them apart) is not taken."""
+    from litgpt_lite.model import MaskSpec
+
+    seg = torch.tensor([[0, 0, 1, 1, 0, 0]])
+    assert MaskSpec(torch.arange(6), None, seg, cached=False).segment_runs() is None
+    model = _model().eval()
+    x = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    altered = x.clone()
+    altered[0, 0] = 11  # a token of the first run
+    with torch.no_grad():
+        a, b = model(x, segment_ids=seg), model(altered, segment_ids=seg)
+    assert not torch.allclose(a[0, 4:], b[0, 4:])  # the last run saw it
+    torch.testing.assert_close(a[0, 2:4], b[0, 2:4])  # segment 1 did not
