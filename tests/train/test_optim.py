@@ -80,3 +80,31 @@ def test_warmup_then_cosine_to_min_lr():
     assert lrs[4] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # monotone decay
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # reaches min_lr at the last step
+
+
+def test_adamw_runs_fused_unless_the_user_chose_an_implementation():
+    """Plain CPU parameters get torch's fused Adam/AdamW kernel; the update matches the for-loop implementation up to
+    float32 rounding. A user's `fused`/`foreach`, another optimizer or non-plain tensors keep torch's default."""
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(300, 40)) for _ in range(3)]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    start = [p.detach().clone() for p in ps]
+    fused = build_optimizer("AdamW", ps, {"lr": 1e-2, "weight_decay": 0.1})
+    loop = build_optimizer({"class_path": "AdamW", "init_args": {"foreach": False}}, qs, {"lr": 1e-2})
+    assert fused.param_groups[0]["fused"] is True
+    assert not loop.param_groups[0]["fused"] and loop.param_groups[0]["foreach"] is False
+    loop.param_groups[0]["weight_decay"] = 0.1
+    for _ in range(10):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    for p, q, p0 in zip(ps, qs, start):
+        assert (p - p0).abs().mean() > 1e-2  # the weights moved
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    groups = [{"params": iter([torch.nn.Parameter(torch.ones(2))]), "lr": 0.1}]  # an iterator is read once
+    assert build_optimizer("Adam", groups).param_groups[0]["fused"] is True
+    assert not build_optimizer("SGD", [torch.nn.Parameter(torch.ones(2))], {"lr": 0.1}).param_groups[0].get("fused")
+    meta = [torch.nn.Parameter(torch.ones(2, device="meta"))]
+    assert not build_optimizer("AdamW", meta).param_groups[0]["fused"]
