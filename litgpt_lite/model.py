@@ -249,9 +249,8 @@ class CausalSelfAttention(nn.Module):
         if self.config.clip_qkv is not None:
             qkv = qkv.clamp(-self.config.clip_qkv, self.config.clip_qkv)
         if not self.config.norm_qk:  # rotate queries and keys in one pass: half the small ops of a decode step
-            qkv = qkv.view(B, T, H + 2 * G, D)
-            qk = apply_rope(qkv[:, :, : H + G], cos, sin)
-            q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + G :]
+            qk, v = qkv.view(B, T, H + 2 * G, D).split((H + G, G), dim=2)
+            q, k = apply_rope(qk, cos, sin).split((H, G), dim=2)
         else:
             q, k, v = qkv.split((H * D, G * D, G * D), dim=-1)
             if self.config.norm_qk_type == "all":
@@ -388,7 +387,9 @@ class KVCache(nn.Module):
             return keys, values, self.slot_times, False
         if not self.ring:  # times are consecutive: write a slice, not an index list (`narrow`: no indexing machinery)
             T, end = times.shape[0], start + times.shape[0]
-            keys, values = self.k.narrow(0, 0, B), self.v.narrow(0, 0, B)
+            keys, values = (
+                (self.k, self.v) if B == self.k.shape[0] else (self.k.narrow(0, 0, B), self.v.narrow(0, 0, B))
+            )
             keys.narrow(2, start, T).copy_(k)
             values.narrow(2, start, T).copy_(v)
             self.slot_times.narrow(0, start, T).copy_(times)
@@ -503,7 +504,8 @@ class RMSNorm(nn.Module):
         x = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         if self.unit_offset:  # Gemma multiplies in float32, Llama in the input dtype
             return (x * (1 + self.weight.float())).to(dtype)
-        return self.weight.to(dtype) * x.to(dtype)
+        weight = self.weight if self.weight.dtype == dtype else self.weight.to(dtype)
+        return weight * x.to(dtype)
 
 
 def make_norm(config: Config, size: int) -> nn.Module:
