@@ -88,7 +88,7 @@ def loss_sum(fabric, model, batch: dict[str, torch.Tensor], chunk: int = 0, spli
     segments = batch.get("segment_ids")
     if not split_head:
         logits = model(x, segment_ids=segments)
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        return _cross_entropy_sum(logits.flatten(0, 1), y.flatten())
     hidden = model(x, segment_ids=segments, return_hidden=True)  # (B, T, C)
     keep = y != IGNORE_INDEX
     hidden, targets = hidden[keep], y[keep]  # (N, C), (N,)
@@ -151,7 +151,19 @@ def _head(model) -> Callable:
 def _chunk_loss(head, fabric, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     with fabric.autocast() if fabric is not None else contextlib.nullcontext():
         logits = head(hidden)
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
+    return _cross_entropy_sum(logits, targets)
+
+
+CE_ROWS = 128
+
+
+def _cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed float32 cross-entropy of (N, V) logits, `CE_ROWS` rows at a time. The log-softmax and its backward
+    then work on ~25 MB blocks instead of one N x V buffer: on 2 CPU cores fwd+bwd over 2048 x 50304 logits took
+    274-454 ms instead of 546-671 ms. Same value up to the order of the float32 sum."""
+    pieces = zip(logits.split(CE_ROWS), targets.split(CE_ROWS)) if logits.shape[0] else [(logits, targets)]
+    losses = [F.cross_entropy(rows.float(), tgt, ignore_index=IGNORE_INDEX, reduction="sum") for rows, tgt in pieces]
+    return losses[0] if len(losses) == 1 else torch.stack(losses).sum()  # no rows: 0, still in the graph
 
 
 def count_targets(batches: list[dict[str, torch.Tensor]]) -> int:

@@ -157,3 +157,24 @@ def test_a_segment_id_in_two_runs_takes_the_mask():
         a, b = model(x, segment_ids=seg), model(altered, segment_ids=seg)
     assert not torch.allclose(a[0, 4:], b[0, 4:])  # the last run saw it
     torch.testing.assert_close(a[0, 2:4], b[0, 2:4])  # segment 1 did not
+
+
+def test_row_chunked_cross_entropy_equals_one_call():
+    """The loss runs the cross-entropy `CE_ROWS` rows at a time: same sum and gradient as one call over all rows,
+    and a micro batch with no loss rows still yields a 0 that backward goes through."""
+    from litgpt_lite.train.loop import CE_ROWS, _cross_entropy_sum
+
+    torch.manual_seed(0)
+    logits = torch.randn(2 * CE_ROWS + 17, 50, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (logits.shape[0],))
+    targets[::7] = IGNORE_INDEX
+    chunked = _cross_entropy_sum(logits, targets)
+    (grad_chunked,) = torch.autograd.grad(chunked, logits)
+    whole = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    (grad_whole,) = torch.autograd.grad(whole, logits)
+    torch.testing.assert_close(chunked, whole.float(), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(grad_chunked, grad_whole, rtol=1e-6, atol=1e-7)
+    empty = torch.randn(0, 50, requires_grad=True)
+    zero = _cross_entropy_sum(empty, torch.zeros(0, dtype=torch.long))
+    zero.backward()
+    assert zero.item() == 0 and empty.grad is not None
