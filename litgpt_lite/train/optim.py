@@ -108,7 +108,8 @@ def build_optimizer(
     accepted = inspect.signature(cls.__init__).parameters
     args = {k: v for k, v in (defaults or {}).items() if k in accepted}
     args.update(init_args)
-    params = list(params)
+    # groups' params may be one-shot iterators: list them once, as both the check below and the optimizer read them
+    params = [{**g, "params": list(g["params"])} if isinstance(g, dict) else g for g in params]
     if _can_fuse(cls, params, args):
         args["fused"] = True
     return cls(params, **args)
@@ -121,9 +122,6 @@ def _can_fuse(cls: type, params: list, args: dict[str, Any]) -> bool:
     SmolLM2-135M's step on 2 CPU cores takes 100 ms instead of 280-470 ms."""
     if cls not in (torch.optim.Adam, torch.optim.AdamW) or "fused" in args or "foreach" in args:
         return False
-    for group in params:
-        if isinstance(group, dict):
-            group["params"] = list(group["params"])  # read below and by the optimizer: not a one-shot iterator
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
     return bool(tensors) and all(
         type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type in ("cpu", "cuda") and p.is_floating_point()

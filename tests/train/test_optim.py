@@ -105,6 +105,7 @@ def test_adamw_runs_fused_unless_the_user_chose_an_implementation():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     groups = [{"params": iter([torch.nn.Parameter(torch.ones(2))]), "lr": 0.1}]  # an iterator is read once
     assert build_optimizer("Adam", groups).param_groups[0]["fused"] is True
+    assert build_optimizer({"fused": "false"}, [torch.nn.Parameter(torch.ones(2))]).param_groups[0]["fused"] is False
     assert not build_optimizer("SGD", [torch.nn.Parameter(torch.ones(2))], {"lr": 0.1}).param_groups[0].get("fused")
     meta = [torch.nn.Parameter(torch.ones(2, device="meta"))]
     assert not build_optimizer("AdamW", meta).param_groups[0]["fused"]
