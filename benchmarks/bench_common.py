@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -35,13 +36,63 @@ def peak_rss_mb() -> float:
 
 
 # ---------------------------------------------------------------- step timing through a global optimizer hook
+TURN_ENV = "BENCH_TURN"  # "read_fd,write_fd,first": a pipe pair to the other side's worker (see Turnstile)
+
+
+class Turnstile:
+    """Step-by-step turn taking between the two sides of a workload, run as two concurrent processes.
+
+    Each worker holds the read end of one pipe and the write end of the other. At the end of its warm-up step a
+    worker says it is ready and waits until its peer is too; from then on exactly one of them runs a step at a time:
+    after each optimizer step the worker hands the turn over (one byte) and blocks until the peer hands it back. So
+    the two sides' timed steps alternate A B A B within seconds of each other, and a load change on the shared
+    machine hits both. A worker that ends (or dies) closes its write end; the peer reads EOF and runs on alone.
+    """
+
+    def __init__(self, spec: str) -> None:
+        read_fd, write_fd, first = spec.split(",")
+        self.read_fd, self.write_fd, self.first = int(read_fd), int(write_fd), first == "1"
+        self.peer_gone = False
+
+    def _send(self, byte: bytes) -> None:
+        if self.write_fd < 0:
+            return
+        try:
+            os.write(self.write_fd, byte)
+        except BrokenPipeError:  # the peer has finished
+            self.peer_gone = True
+
+    def _receive(self) -> None:
+        if not self.peer_gone and not os.read(self.read_fd, 1):
+            self.peer_gone = True
+
+    def start(self) -> None:
+        """End of the warm-up step: wait for the peer's, then take the first turn or wait for it."""
+        self._send(b"r")
+        self._receive()  # the peer's "ready"
+        if not self.first:
+            self._receive()
+
+    def hand_over(self) -> None:
+        """End of a timed step: give the turn to the peer and wait to get it back."""
+        self._send(b"t")
+        self._receive()
+
+    def close(self) -> None:
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+
 class StepClock:
     """Times training steps from outside the training loop: a global `optimizer.step` post-hook records when each
     optimizer step ends and the peak RSS since the end of the previous one. Both sides' loops call
     `optimizer.step()` once per step, so neither needs a benchmark-only code path.
 
     Step 1 is warm-up (first allocations, optimizer state); the peak-RSS counter is reset when it ends, so `peak_mb`
-    is the steady-state peak of steps 2..n.
+    is the steady-state peak of steps 2..n. Under a `Turnstile` (the runner's lockstep mode) the hook also takes
+    turns with the other side's worker, and a step is timed from when this worker got its turn to when its
+    optimizer step ended; the time spent waiting for the peer is not counted.
     """
 
     def __init__(self) -> None:
@@ -49,9 +100,12 @@ class StepClock:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         self.ends: list[float] = []
+        self.starts: list[float] = []  # when each step after the warm-up got under way
         self.peaks: list[float] = []
         self.gpu_peaks: list[float] = []
         self._cuda = torch.cuda if torch.cuda.is_available() else None
+        spec = os.environ.get(TURN_ENV)
+        self.turnstile = Turnstile(spec) if spec else None
         self._handle = register_optimizer_step_post_hook(self._hook)
 
     def _hook(self, optimizer, args, kwargs) -> None:
@@ -60,19 +114,27 @@ class StepClock:
             self.gpu_peaks.append(self._cuda.max_memory_allocated() / 2**20)
         self.ends.append(time.perf_counter())
         self.peaks.append(peak_rss_mb())
-        if len(self.ends) == 1:
+        first = len(self.ends) == 1
+        if first:
             reset_peak_rss()
             if self._cuda is not None:
                 self._cuda.reset_peak_memory_stats()
+        if self.turnstile is not None:
+            self.turnstile.start() if first else self.turnstile.hand_over()
+        self.starts.append(time.perf_counter())
 
     def close(self) -> None:
+        """Stop timing and hand the machine to the peer for good (call it after any measurement that must not
+        overlap the peer's steps)."""
         self._handle.remove()
+        if self.turnstile is not None:
+            self.turnstile.close()
 
     def steady(self) -> tuple[float, int]:
-        """(seconds, steps) from the end of the warm-up step to the end of the last step."""
+        """(seconds, steps) of the steps after the warm-up: from each step's start to its optimizer step's end."""
         if len(self.ends) < 2:
             raise RuntimeError(f"need at least 2 optimizer steps to time, got {len(self.ends)}")
-        return self.ends[-1] - self.ends[0], len(self.ends) - 1
+        return sum(end - start for start, end in zip(self.starts, self.ends[1:])), len(self.ends) - 1
 
     @property
     def peak_mb(self) -> float:

@@ -67,7 +67,6 @@ def pretrain(p: dict[str, Any]) -> dict[str, Any]:
     from litgpt.utils import instantiate_torch_optimizer
     from torch.utils.data import DataLoader
 
-    peak = measured_matmul_flops(device=p.get("device", "cpu"))
     mb, T, steps = p["micro_batch"], p["seq_len"], p["steps"]
     fabric = L.Fabric(accelerator=p.get("device", "cpu"), devices=1, precision=p.get("precision", "32-true"))
     fabric.seed_everything(p["seed"])
@@ -101,6 +100,7 @@ def pretrain(p: dict[str, Any]) -> dict[str, Any]:
             train=_train_args(p, max_steps=None, max_tokens=mb * T * steps, max_norm=1.0),
             eval=_eval_args(),
         )
+    peak = measured_matmul_flops(device=p.get("device", "cpu"))  # still this worker's turn under lockstep
     clock.close()
     seconds, timed = clock.steady()
     return {

@@ -47,7 +47,6 @@ def pretrain(p: dict[str, Any]) -> dict[str, Any]:
     from litgpt_lite.data.text import TokenShardData
     from litgpt_lite.train.pretrain import pretrain as run_pretrain
 
-    peak = measured_matmul_flops(device=p.get("device", "cpu"))
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
         run_pretrain(
@@ -59,6 +58,7 @@ def pretrain(p: dict[str, Any]) -> dict[str, Any]:
             precision=p.get("precision", "32-true"),
             seed=p["seed"],
         )
+    peak = measured_matmul_flops(device=p.get("device", "cpu"))  # still this worker's turn under lockstep
     clock.close()
     return _train_result(clock, p["micro_batch"] * p["seq_len"], peak)
 

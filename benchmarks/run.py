@@ -30,11 +30,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bench_common import emit, parse_result  # noqa: E402
+from bench_common import TURN_ENV, emit, parse_result  # noqa: E402
 
 DEFAULT_LITGPT_PYTHON = Path(os.environ.get("LITGPT_PYTHON", "/work/bench-venv/bin/python"))
 EXTRA = ("pretrain_pythia14m",)  # not part of `all`: a seconds-long workload for smoke tests
 CPU_EXTRA = ("decode_bf16_compiled",)  # bf16 prefill is slow on CPUs without native bf16; fp32 compiled is in all
+LOCKSTEP_FNS = ("pretrain", "finetune_full", "finetune_lora")  # workers timed by bench_common.StepClock
 PROMPT = "The history of the printing press begins"
 BATCH_PROMPTS = [
     "Hi",
@@ -245,18 +246,71 @@ def _env(side_env: str) -> dict[str, str]:
     return env
 
 
-def run_worker(a: argparse.Namespace, env: str, fn: str, params: dict[str, Any]) -> dict[str, Any]:
+def _worker_cmd(a: argparse.Namespace, env: str, fn: str, params: dict[str, Any]) -> list[str]:
     python = sys.executable if env == "ours" else str(a.litgpt_python)
-    cmd = [python, str(Path(__file__).resolve()), "--worker", env, fn, json.dumps(params)]
+    return [python, str(Path(__file__).resolve()), "--worker", env, fn, json.dumps(params)]
+
+
+def _worker_result(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
+    res = parse_result(stdout)
+    if res is None:
+        tail = (stderr or stdout).strip().splitlines()[-3:]
+        return {"error": f"exit {returncode}: " + " | ".join(tail)}
+    return res
+
+
+def run_worker(a: argparse.Namespace, env: str, fn: str, params: dict[str, Any]) -> dict[str, Any]:
+    cmd = _worker_cmd(a, env, fn, params)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=_env(env), cwd=REPO)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {a.timeout}s"}
-    res = parse_result(proc.stdout)
-    if res is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
-    return res
+    return _worker_result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_lockstep(commands: list[tuple[list[str], dict[str, str]]], first: int, timeout: float) -> list[tuple]:
+    """Run two training processes at once, taking turns step by step (`bench_common.Turnstile`): each pipe carries
+    one process's turn to the other. Startup and warm-up overlap; every timed step runs alone. `first` starts.
+    Returns (returncode, stdout, stderr) per command; returncode None where it ran past `timeout` seconds."""
+    to_0, from_1 = os.pipe()  # process 1 writes, process 0 reads
+    to_1, from_0 = os.pipe()
+    ends = [(to_0, from_0), (to_1, from_1)]
+    procs, files = [], []
+    try:
+        for i, (cmd, env) in enumerate(commands):
+            read_fd, write_fd = ends[i]
+            child_env = {**env, TURN_ENV: f"{read_fd},{write_fd},{int(i == first)}"}
+            out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # files: a full pipe would stall it
+            files.append((out, err))
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=err, env=child_env, cwd=REPO, pass_fds=ends[i]))
+    finally:
+        for fd in (to_0, from_1, to_1, from_0):
+            os.close(fd)  # each process holds its own ends: one that exits closes its pipe to the other
+    deadline, results = time.monotonic() + timeout, []
+    for proc, (out, err) in zip(procs, files):
+        try:
+            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            proc.wait()
+            code = None
+        texts = []
+        for f in (out, err):
+            f.seek(0)
+            texts.append(f.read().decode(errors="replace"))
+            f.close()
+        results.append((code, *texts))
+    return results
+
+
+def run_lockstep_workers(a: argparse.Namespace, jobs: list[tuple[str, str, dict[str, Any]]], first: int) -> list:
+    """Both sides of a training workload as `run_lockstep` processes; each side's result (or error)."""
+    commands = [(_worker_cmd(a, env, fn, params), _env(env)) for env, fn, params in jobs]
+    return [
+        {"error": f"timed out after {a.timeout}s"} if code is None else _worker_result(code, out, err)
+        for code, out, err in run_lockstep(commands, first, a.timeout)
+    ]
 
 
 def run_ttft(a: argparse.Namespace, env: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -334,7 +388,18 @@ def run_workload(w: Workload, a: argparse.Namespace, paths: dict[str, Any]) -> d
     runs: list[dict[str, Any]] = []
     measured: dict[tuple, dict[str, Any]] = {}
     unavailable: str | None = None
+    runnable = a.litgpt_available or all(s.env != "litgpt" for s in w.sides)
+    lockstep = a.lockstep and runnable and all(s.fn in LOCKSTEP_FNS for s in w.sides)
     for rep in range(a.repeats):
+        if lockstep:
+            t = time.perf_counter()
+            jobs = [(s.env, s.fn, resolve_params(s, paths)) for s in w.sides]
+            for side, res in zip(w.sides, run_lockstep_workers(a, jobs, first=rep % 2)):
+                res = _derive(w, side, res)
+                wall = round(time.perf_counter() - t, 1)
+                runs.append({"side": side.label, "repeat": rep, "wall_s": wall, **res})
+                print(f"  {w.name} [{side.label}] rep {rep} (lockstep): {_short(res)}", flush=True)
+            continue
         for side in w.sides:
             if side.env == "litgpt" and not a.litgpt_available:
                 unavailable = f"LitGPT is not importable from {a.litgpt_python}"
@@ -358,7 +423,7 @@ def run_workload(w: Workload, a: argparse.Namespace, paths: dict[str, Any]) -> d
                 unavailable = res["unavailable"]
         if unavailable and all("unavailable" in r or "error" in r for r in runs if r["side"] == w.sides[1].label):
             break
-    return summarize(w, runs, unavailable)
+    return {**summarize(w, runs, unavailable), "lockstep": lockstep}
 
 
 def _derive(w: Workload, side: Side, res: dict[str, Any]) -> dict[str, Any]:
@@ -497,7 +562,13 @@ def markdown(report: dict[str, Any]) -> str:
         "The machine is shared with other jobs, so absolute rates are noisy: read the **ratio** column. Each "
         "workload ran its two sides alternately (A B A B ...) in fresh processes on identical configs, seeds and "
         "weights; values are medians over the runs per side (column `runs`). Ratio = ours / reference; higher is "
-        "better for throughput, lower for time and memory.",
+        "better for throughput, lower for time and memory."
+        + (
+            " Workloads marked *lockstep* ran both sides' processes at once, taking turns step by step: one timed "
+            "step runs at a time, and waiting for the turn is not timed (see benchmarks/README.md)."
+            if any(w.get("lockstep") for w in report["workloads"].values())
+            else ""
+        ),
         "",
         "Reproduce with:",
         "",
@@ -513,6 +584,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "Workloads:", ""]
     for name, r in report["workloads"].items():
         note = f" ({r['note']})" if r.get("note") else ""
+        note += "; *lockstep*" if r.get("lockstep") else ""
         lines.append(f"- `{name}`: {r['title']}{note}; reference = {r['sides'][0]}, ours = {r['sides'][1]}.")
         lines += [f"  - error: {_cell(e)}" for e in r["errors"]]
     lines.append("")
@@ -580,6 +652,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--assets", type=Path, default=None, help="where shared weights/data go (default: a temp dir)")
     p.add_argument("--timeout", type=int, default=1200, help="seconds per process")
     p.add_argument("--merge", action="store_true", help="add to the existing results.json instead of replacing it")
+    p.add_argument(
+        "--lockstep",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="training workloads: run both sides' processes at once, taking turns step by step, so each pair of\n"
+        "timed steps sees the same machine load (--no-lockstep: one process after the other; needs half the RAM)",
+    )
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when present")
     p.add_argument(
