@@ -175,6 +175,8 @@ def _main(fabric, run: Run) -> None:
     from litgpt_lite.train.optim import build_optimizer, build_scheduler
 
     fabric.seed_everything(run.seed, verbose=False)
+    if run.train.reuse_freed_memory and fabric.device.type == "cpu":
+        reuse_freed_memory()
     sharded = is_sharded(fabric)
     if sharded and run.train.chunked_ce:
         raise UserError("--train.chunked_ce runs the head outside the sharded forward: drop it with --strategy fsdp")
@@ -238,6 +240,27 @@ def _main(fabric, run: Run) -> None:
     metrics.close()
     _export(fabric, run, raw, model, sharded)
     run.result.update(state=state, history=args.history, total_steps=total_steps)
+
+
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc malloc keep freed memory in this process for reuse (see `TrainArgs.reuse_freed_memory`): blocks of
+    any size up to 1 GiB come from the heap instead of their own `mmap`, and the heap's free top is never returned
+    to the kernel. PyTorch's CPU allocator has no cache of its own, so this is what spares a training step the
+    kernel's page faults and zeroing of its largest tensors. Returns False where the C library is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc's own symbol: other C libraries' mallopt differ
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def _tokenizer(run: Run):
