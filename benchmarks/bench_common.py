@@ -46,7 +46,7 @@ class Turnstile:
     worker says it is ready and waits until its peer is too; from then on exactly one of them runs a step at a time:
     after each optimizer step the worker hands the turn over (one byte) and blocks until the peer hands it back. So
     the two sides' timed steps alternate A B A B within seconds of each other, and a load change on the shared
-    machine hits both. A worker that ends (or dies) closes its write end; the peer reads EOF and runs on alone.
+    machine hits both. When a worker exits (or dies) its write end closes; the peer reads EOF and runs on alone.
     """
 
     def __init__(self, spec: str) -> None:
@@ -55,8 +55,6 @@ class Turnstile:
         self.peer_gone = False
 
     def _send(self, byte: bytes) -> None:
-        if self.write_fd < 0:
-            return
         try:
             os.write(self.write_fd, byte)
         except BrokenPipeError:  # the peer has finished
@@ -77,11 +75,6 @@ class Turnstile:
         """End of a timed step: give the turn to the peer and wait to get it back."""
         self._send(b"t")
         self._receive()
-
-    def close(self) -> None:
-        if self.write_fd >= 0:
-            os.close(self.write_fd)
-            self.write_fd = -1
 
 
 class StepClock:
@@ -124,11 +117,9 @@ class StepClock:
         self.starts.append(time.perf_counter())
 
     def close(self) -> None:
-        """Stop timing and hand the machine to the peer for good (call it after any measurement that must not
-        overlap the peer's steps)."""
+        """Stop timing. Under a `Turnstile` this process keeps the turn until it exits, so whatever it does after
+        its last step (saving, measuring the matmul peak, tearing down) never overlaps the peer's work."""
         self._handle.remove()
-        if self.turnstile is not None:
-            self.turnstile.close()
 
     def steady(self) -> tuple[float, int]:
         """(seconds, steps) of the steps after the warm-up: from each step's start to its optimizer step's end."""
