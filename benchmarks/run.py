@@ -423,7 +423,7 @@ def run_workload(w: Workload, a: argparse.Namespace, paths: dict[str, Any]) -> d
                 unavailable = res["unavailable"]
         if unavailable and all("unavailable" in r or "error" in r for r in runs if r["side"] == w.sides[1].label):
             break
-    return {**summarize(w, runs, unavailable), "lockstep": lockstep}
+    return {**summarize(w, runs, unavailable, paired=lockstep), "lockstep": lockstep}
 
 
 def _derive(w: Workload, side: Side, res: dict[str, Any]) -> dict[str, Any]:
@@ -466,7 +466,10 @@ def _short(res: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in res.items() if isinstance(v, float))
 
 
-def summarize(w: Workload, runs: list[dict[str, Any]], unavailable: str | None) -> dict[str, Any]:
+def summarize(w: Workload, runs: list[dict[str, Any]], unavailable: str | None, paired: bool = False) -> dict[str, Any]:
+    """Medians per side and the ratio ours / reference: the ratio of the medians, or with `paired` (lockstep runs,
+    whose two sides took turns step by step) the median of each pair's own ratio, which cancels what the pair
+    shared: the machine's load while it ran."""
     medians: dict[str, dict[str, float]] = {}
     errors = [f"{r['side']}: {r['error']}" for r in runs if "error" in r]
     for side in w.sides:
@@ -475,11 +478,15 @@ def summarize(w: Workload, runs: list[dict[str, Any]], unavailable: str | None) 
             m.key: statistics.median(r[m.key] for r in ok) for m in w.metrics if ok and all(m.key in r for r in ok)
         }
     a_label, b_label = w.sides[0].label, w.sides[1].label
-    ratios = {}
+    ratios, pair_ratios = {}, {}
     for m in w.metrics:
         va, vb = medians[a_label].get(m.key), medians[b_label].get(m.key)
         if va and vb is not None:
             ratios[m.key] = vb / va
+        pairs = _pairs(runs, a_label, b_label, m.key)
+        if paired and pairs:
+            pair_ratios[m.key] = pairs
+            ratios[m.key] = statistics.median(pairs)
     return {
         "title": w.title,
         "repeats": max((r["repeat"] for r in runs), default=-1) + 1,
@@ -487,11 +494,21 @@ def summarize(w: Workload, runs: list[dict[str, Any]], unavailable: str | None) 
         "runs": runs,
         "medians": medians,
         "ratios": ratios,
+        "pair_ratios": pair_ratios,
         "unavailable": unavailable if not ratios else None,
         "errors": errors,
         "note": w.note,
         "metrics": [vars(m) for m in w.metrics],
     }
+
+
+def _pairs(runs: list[dict[str, Any]], a_label: str, b_label: str, key: str) -> list[float]:
+    """Each repeat's ours / reference for `key`, where both sides of that repeat measured it."""
+    by_rep: dict[int, dict[str, float]] = {}
+    for r in runs:
+        if "error" not in r and "unavailable" not in r and isinstance(r.get(key), (int, float)):
+            by_rep.setdefault(r["repeat"], {})[r["side"]] = r[key]
+    return [v[b_label] / v[a_label] for _, v in sorted(by_rep.items()) if v.get(a_label) and b_label in v]
 
 
 # ---------------------------------------------------------------- report
@@ -565,7 +582,9 @@ def markdown(report: dict[str, Any]) -> str:
         "better for throughput, lower for time and memory."
         + (
             " Workloads marked *lockstep* ran both sides' processes at once, taking turns step by step: one timed "
-            "step runs at a time, and waiting for the turn is not timed (see benchmarks/README.md)."
+            "step runs at a time, and waiting for the turn is not timed (see benchmarks/README.md). Their ratio is "
+            "the median of the per-pair ratios, since each pair shared the machine's load; other rows give the "
+            "ratio of the medians."
             if any(w.get("lockstep") for w in report["workloads"].values())
             else ""
         ),
@@ -584,7 +603,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "Workloads:", ""]
     for name, r in report["workloads"].items():
         note = f" ({r['note']})" if r.get("note") else ""
-        note += "; *lockstep*" if r.get("lockstep") else ""
+        if r.get("lockstep"):
+            pairs = r.get("pair_ratios", {}).get(r["metrics"][0]["key"], [])
+            note += "; *lockstep*, ratio = median of the pairs' ratios " + ", ".join(f"{x:.2f}" for x in pairs)
         lines.append(f"- `{name}`: {r['title']}{note}; reference = {r['sides'][0]}, ours = {r['sides'][1]}.")
         lines += [f"  - error: {_cell(e)}" for e in r["errors"]]
     lines.append("")

@@ -79,3 +79,25 @@ def test_waiting_for_the_peer_is_not_timed():
         spans = result["spans"]
         wall = spans[-1][1] - spans[0][1]  # from the warm-up's end to the last step's end, the peer's turns included
         assert wall > 1.7 * seconds
+
+
+def test_lockstep_ratio_is_the_median_of_the_pairs():
+    run = _runner()
+    w = run.Workload(
+        "w",
+        "t",
+        (run.Side("LitGPT", "litgpt", "pretrain"), run.Side("ours", "ours", "pretrain")),
+        [run.Metric("tokens_per_s", "tokens/s", True, 1.1)],
+    )
+    rates = [(100, 130), (200, 210), (120, 150)]  # pair ratios 1.3, 1.05, 1.25; medians 120 and 150
+    runs = [
+        {"side": side, "repeat": rep, "tokens_per_s": value}
+        for rep, pair in enumerate(rates)
+        for side, value in zip(("LitGPT", "ours"), pair)
+    ]
+    paired = run.summarize(w, runs, None, paired=True)
+    assert paired["pair_ratios"]["tokens_per_s"] == pytest.approx([1.3, 1.05, 1.25])
+    assert paired["ratios"]["tokens_per_s"] == pytest.approx(1.25)
+    assert run.summarize(w, runs, None)["ratios"]["tokens_per_s"] == pytest.approx(150 / 120)
+    runs[1] = {"side": "LitGPT", "repeat": 0, "error": "boom"}  # a failed run drops its pair, not the others
+    assert run.summarize(w, runs, None, paired=True)["pair_ratios"]["tokens_per_s"] == pytest.approx([1.05, 1.25])
