@@ -112,8 +112,10 @@ class StepClock:
             reset_peak_rss()
             if self._cuda is not None:
                 self._cuda.reset_peak_memory_stats()
-        if self.turnstile is not None:
-            self.turnstile.start() if first else self.turnstile.hand_over()
+        if self.turnstile is not None and first:
+            self.turnstile.start()
+        elif self.turnstile is not None:
+            self.turnstile.hand_over()
         self.starts.append(time.perf_counter())
 
     def close(self) -> None:
