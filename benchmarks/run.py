@@ -390,37 +390,40 @@ def run_workload(w: Workload, a: argparse.Namespace, paths: dict[str, Any]) -> d
     unavailable: str | None = None
     runnable = a.litgpt_available or all(s.env != "litgpt" for s in w.sides)
     lockstep = a.lockstep and runnable and all(s.fn in LOCKSTEP_FNS for s in w.sides)
+
+    def record(side: Side, rep: int, res: dict[str, Any], started: float) -> None:
+        nonlocal unavailable
+        res = _derive(w, side, res)
+        runs.append({"side": side.label, "repeat": rep, "wall_s": round(time.perf_counter() - started, 1), **res})
+        how = " (lockstep)" if lockstep else ""
+        print(f"  {w.name} [{side.label}] rep {rep}{how}: {_short(res)}", flush=True)
+        if "unavailable" in res:
+            unavailable = res["unavailable"]
+
     for rep in range(a.repeats):
         if lockstep:
             t = time.perf_counter()
             jobs = [(s.env, s.fn, resolve_params(s, paths)) for s in w.sides]
             for side, res in zip(w.sides, run_lockstep_workers(a, jobs, first=rep % 2)):
-                res = _derive(w, side, res)
-                wall = round(time.perf_counter() - t, 1)
-                runs.append({"side": side.label, "repeat": rep, "wall_s": wall, **res})
-                print(f"  {w.name} [{side.label}] rep {rep} (lockstep): {_short(res)}", flush=True)
-            continue
-        for side in w.sides:
-            if side.env == "litgpt" and not a.litgpt_available:
-                unavailable = f"LitGPT is not importable from {a.litgpt_python}"
-                continue
-            params = resolve_params(side, paths)
-            t = time.perf_counter()
-            same = (side.env, side.fn, json.dumps(params, sort_keys=True), rep)
-            if same in measured:  # one process measured both sides (batched decode)
-                res = measured[same]
-            elif side.fn == "ttft":
-                res = run_ttft(a, side.env, params)
-            elif side.fn == "convert_cli":
-                res = run_convert_cli(a, side.env, params)
-            else:
-                res = run_worker(a, side.env, side.fn, params)
-            measured[same] = res
-            res = _derive(w, side, res)
-            runs.append({"side": side.label, "repeat": rep, "wall_s": round(time.perf_counter() - t, 1), **res})
-            print(f"  {w.name} [{side.label}] rep {rep}: {_short(res)}", flush=True)
-            if "unavailable" in res:
-                unavailable = res["unavailable"]
+                record(side, rep, res, t)
+        else:
+            for side in w.sides:
+                if side.env == "litgpt" and not a.litgpt_available:
+                    unavailable = f"LitGPT is not importable from {a.litgpt_python}"
+                    continue
+                params = resolve_params(side, paths)
+                t = time.perf_counter()
+                same = (side.env, side.fn, json.dumps(params, sort_keys=True), rep)
+                if same in measured:  # one process measured both sides (batched decode)
+                    res = measured[same]
+                elif side.fn == "ttft":
+                    res = run_ttft(a, side.env, params)
+                elif side.fn == "convert_cli":
+                    res = run_convert_cli(a, side.env, params)
+                else:
+                    res = run_worker(a, side.env, side.fn, params)
+                measured[same] = res
+                record(side, rep, res, t)
         if unavailable and all("unavailable" in r or "error" in r for r in runs if r["side"] == w.sides[1].label):
             break
     return {**summarize(w, runs, unavailable, paired=lockstep), "lockstep": lockstep}
