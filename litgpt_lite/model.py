@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from litgpt_lite.config import Config
+from litgpt_lite.cpu_kernel import bf16_linear_kernel
 from litgpt_lite.precision import cpu_has_native_bf16
 
 
@@ -34,15 +35,17 @@ class Linear(nn.Linear):
       inductor fuses into one vectorised, multi-threaded pass over the weight (bf16 included). The input is first
       stored once (`as_strided` makes inductor realize it), so the norm that produces it is not recomputed for every
       output row: 15 -> 18 GB/s over the weights of a bf16 SmolLM2 step;
-    - bf16, at least `UPCAST_MIN_ROWS` rows, on a CPU without native bf16: the matmul runs in float32 on upcast
-      copies and is rounded back to bf16 (what the bf16 kernel computes, as it accumulates in float32). There the bf16
-      kernel costs about a matrix-vector product per row: 27 ms for 256 rows of a 1536 x 576 weight, against 3.8 ms
-      upcast, so a bf16 prompt of a few hundred tokens fills the cache ~7x faster.
+    - bf16 on a CPU without native bf16, where torch's bf16 kernel costs about a matrix-vector product per row
+      (27 ms for 256 rows of a 1536 x 576 weight). Up to `KERNEL_MAX_ROWS` rows, `cpu_kernel.bf16_linear_kernel`
+      (C, AVX2) converts each weight once for 8 rows: a 7-token SmolLM2-135M prefill's matmuls take 22 instead of
+      97 ms. From `UPCAST_MIN_ROWS` rows without that kernel, and above its rows, the matmul runs in float32 on
+      upcast copies (3.8 ms for those 256 rows). Both round the float32 sums to bf16, as torch's kernel does.
     On 2 cores this took fp32 batch-1 decode of SmolLM2-135M from 1.09x to 1.46x LitGPT's tokens/s, and 2.16x with
     both sides compiled (`benchmarks/RESULTS.md`).
     """
 
     SPLIT_MAX_ROWS = 128
+    KERNEL_MAX_ROWS = 32
     UPCAST_MIN_ROWS = 8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,9 +58,12 @@ class Linear(nn.Linear):
             xf = torch.as_strided(xf, xf.shape, xf.stride())  # realized once, not recomputed per output row
             y = (xf.unsqueeze(-2) * w.float()).sum(-1)
             return (y if b is None else y + b.float()).to(x.dtype)
-        upcast = rows >= self.UPCAST_MIN_ROWS and x.dtype == w.dtype == torch.bfloat16
-        if upcast and not cpu_has_native_bf16() and not torch.is_autocast_enabled("cpu"):
-            return F.linear(x.float(), w.float(), None if b is None else b.float()).to(x.dtype)
+        if x.dtype == w.dtype == torch.bfloat16 and not cpu_has_native_bf16() and not torch.is_autocast_enabled("cpu"):
+            kernel = bf16_linear_kernel() if rows <= self.KERNEL_MAX_ROWS and w.is_contiguous() else None
+            if kernel is not None and (b is None or b.dtype == w.dtype) and not torch.compiler.is_compiling():
+                return kernel(x, w, b)
+            if rows >= self.UPCAST_MIN_ROWS:
+                return F.linear(x.float(), w.float(), None if b is None else b.float()).to(x.dtype)
         split = rows <= self.SPLIT_MAX_ROWS and x.dtype == w.dtype == torch.float32 and w.is_contiguous()
         if not split or self.out_features % 2:
             return F.linear(x, w, b)

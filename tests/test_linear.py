@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from litgpt_lite.cpu_kernel import bf16_linear_kernel
 from litgpt_lite.model import Linear
 
 
@@ -93,17 +94,19 @@ def _record_linear_input_dtypes(monkeypatch, native: bool) -> list[torch.dtype]:
 
 
 @pytest.mark.parametrize("native", [False, True])
-@pytest.mark.parametrize("rows", [7, 8, 300])
-def test_bf16_rows_upcast_only_without_native_bf16(monkeypatch, native, rows):
-    """bf16 with UPCAST_MIN_ROWS+ rows on a CPU without native bf16 multiplies float32 copies (one F.linear on fp32
-    tensors) and rounds back, within bf16 rounding of the bf16 kernel; otherwise the bf16 kernel runs."""
+@pytest.mark.parametrize("rows", [1, 7, 8, 32, 33, 300])
+def test_bf16_paths_without_native_bf16(monkeypatch, native, rows):
+    """bf16 on a CPU without native bf16: up to KERNEL_MAX_ROWS rows the C kernel runs (no F.linear call), from
+    UPCAST_MIN_ROWS rows otherwise one F.linear on float32 copies, and the bf16 kernel below that; with native bf16
+    always the bf16 kernel. Every path is within bf16 rounding of the exact product."""
     seen = _record_linear_input_dtypes(monkeypatch, native)
     layer = _layer(64, 96, True, torch.bfloat16)
     x = torch.randn(1, rows, 64, dtype=torch.bfloat16)
     with torch.no_grad():
         y = layer(x)
-    upcast = not native and rows >= Linear.UPCAST_MIN_ROWS
-    assert seen == [torch.float32 if upcast else torch.bfloat16]
+    kernel = not native and rows <= Linear.KERNEL_MAX_ROWS and bf16_linear_kernel() is not None
+    upcast = not native and not kernel and rows >= Linear.UPCAST_MIN_ROWS
+    assert seen == ([] if kernel else [torch.float32 if upcast else torch.bfloat16])
     assert y.dtype == torch.bfloat16
     ref = x.float() @ layer.weight.float().T + layer.bias.float()  # the exact product, in float32
     torch.testing.assert_close(y.float(), ref, atol=1e-2, rtol=2**-7)
