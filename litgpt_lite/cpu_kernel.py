@@ -1,16 +1,21 @@
-"""A C kernel for bf16 matmuls with few rows (decoding, short prompts) on x86-64 CPUs without native bf16.
+"""C kernels for bf16 inference on x86-64 CPUs with AVX2 but without native bf16 (AMD Zen 2-4, most Intel client
+CPUs): a matmul with few rows, RMSNorm, and one query's attention over a KV cache.
 
-On such CPUs (AVX2, or AVX-512 without its BF16 extension) torch's bf16 matrix-vector kernel spends its time
-converting weights to float32, and a matmul with m rows costs about m matrix-vector products: prefilling a 7-token
-prompt through SmolLM2-135M took 97 ms of matmuls, against 16 ms for one decode step. `cpu_kernel.c` converts each
-weight once for up to 8 rows: the same prefill's matmuls take 22 ms.
+On such CPUs torch's bf16 matrix-vector kernel spends its time converting weights to float32, and a matmul with m
+rows costs about m matrix-vector products: prefilling a 7-token prompt through SmolLM2-135M took 97 ms of matmuls,
+against 16 ms for one decode step. `bf16_linear` converts each weight once for up to 8 rows: that prefill's matmuls
+take 22 ms. The norm and the attention replace torch calls whose fixed costs dominate at a decode step's sizes (the
+eight small ops of a bf16 RMSNorm took ~50 us inside a step): SmolLM2-135M's bf16 decode step went from 28.2 to
+24.4 ms on 2 cores. All compute in float32: the matmul and the norm round to bf16 where torch does, the attention
+only its output (its scores and weights stay float32). The sums run in another order than torch's, so
+results can differ from torch's in the last bf16 bit, and greedy bf16 text can part from torch's after some tokens
+(bf16 logits often tie). `LITGPT_LITE_CPU_KERNEL=0` gives torch's kernels, and their exact bits, back.
 
-The kernel is compiled on first use (about half a second) with the system C compiler (`$CC`, else `cc`) into the
+The kernels are compiled on first use (about half a second) with the system C compiler (`$CC`, else `cc`) into the
 user cache (`$XDG_CACHE_HOME/litgpt_lite/kernels`, else `~/.cache/...`), keyed by the source and the build recipe,
-and loaded with ctypes. It links against the OpenMP runtime torch has loaded, so it runs on torch's threads, as many
-as `torch.get_num_threads()`. Where anything is missing (no compiler, another architecture, no OpenMP runtime in
-torch) `bf16_linear_kernel()` returns None and `model.Linear` uses torch's kernels. `LITGPT_LITE_CPU_KERNEL=0`
-turns the kernel off.
+and loaded with ctypes. They link against the OpenMP runtime torch has loaded, so they run on torch's threads, as
+many as `torch.get_num_threads()`. Where anything is missing (no compiler, another architecture, no OpenMP runtime
+in torch) the `*_kernel()` functions return None and the model uses torch's ops.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
-FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
 OFF_ENV = "LITGPT_LITE_CPU_KERNEL"
 
 
@@ -65,9 +70,9 @@ def _build(cc: str, runtime: Path, out: Path) -> None:
 
 
 @functools.cache
-def bf16_linear_kernel() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None:
-    """`f(x, w, b)` computing `F.linear(x, w, b)` for contiguous bf16 `w` (and `b`) on the CPU, or None where the
-    kernel cannot be built or would not help (a CPU with native bf16 has oneDNN's kernels)."""
+def _library() -> ctypes.CDLL | None:
+    """The built kernels, or None where they cannot be built or would not help (a CPU with native bf16 has oneDNN's
+    kernels)."""
     from litgpt_lite.precision import cpu_has_native_bf16
 
     if os.environ.get(OFF_ENV, "1") == "0" or platform.machine() not in ("x86_64", "AMD64"):
@@ -79,22 +84,79 @@ def bf16_linear_kernel() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor |
     if cc is None or runtime is None:
         return None
     recipe = "\0".join([SOURCE.read_text(), cc, *FLAGS, str(runtime)])
-    path = cache_dir() / f"bf16_linear-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.so"
+    path = cache_dir() / f"cpu_kernel-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.so"
     try:
         if not path.exists():
             _build(cc, runtime, path)
-        fn = ctypes.CDLL(str(path)).bf16_linear
+        lib = ctypes.CDLL(str(path))
+        lib.bf16_linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+        lib.bf16_linear.restype = ctypes.c_int
+        lib.bf16_rms_norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 2 + [ctypes.c_float] + [ctypes.c_int] * 2
+        lib.bf16_rms_norm.restype = None
+        lib.bf16_attend_one.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 13 + [ctypes.c_float, ctypes.c_int]
+        lib.bf16_attend_one.restype = ctypes.c_int
     except (OSError, subprocess.CalledProcessError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
-    fn.restype = None
+    return lib
+
+
+@functools.cache
+def bf16_linear_kernel() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None:
+    """`f(x, w, b)` computing `F.linear(x, w, b)` for bf16 `x`, contiguous bf16 `w` (and `b`) on the CPU, or None."""
+    lib = _library()
+    if lib is None:
+        return None
 
     def bf16_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         n, k = w.shape
-        xf = x.reshape(-1, k).float().contiguous()
+        x = x.contiguous()
         y = torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16)
         bias = None if b is None else b.data_ptr()
-        fn(xf.data_ptr(), w.data_ptr(), bias, y.data_ptr(), xf.shape[0], n, k, torch.get_num_threads())
+        if lib.bf16_linear(
+            x.data_ptr(), w.data_ptr(), bias, y.data_ptr(), x.numel() // k, n, k, torch.get_num_threads()
+        ):
+            raise MemoryError("out of memory for a bf16 matmul's float32 input")
         return y
 
     return bf16_linear
+
+
+@functools.cache
+def bf16_rms_norm_kernel() -> Callable[[torch.Tensor, torch.Tensor, float, bool], torch.Tensor] | None:
+    """`f(x, w, eps, unit_offset)` computing `model.RMSNorm` for bf16 `x` and contiguous bf16 `w`, or None."""
+    lib = _library()
+    if lib is None:
+        return None
+
+    def bf16_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, unit_offset: bool) -> torch.Tensor:
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        n = x.shape[-1]
+        lib.bf16_rms_norm(
+            x.data_ptr(), w.data_ptr(), y.data_ptr(), x.numel() // n, n, eps, unit_offset, torch.get_num_threads()
+        )
+        return y
+
+    return bf16_rms_norm
+
+
+@functools.cache
+def bf16_attend_one_kernel() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor] | None:
+    """`f(q, k, v, scale)`: SDPA without a mask for one query per row, q (B, H, 1, D), k and v (B, G, S, D) bf16 with
+    contiguous last dimensions (a decode step over its cache), giving (B, H, 1, D); or None."""
+    lib = _library()
+    if lib is None:
+        return None
+
+    def bf16_attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        B, H, _, D = q.shape
+        G, S = k.shape[1], k.shape[2]
+        y = torch.empty(B, H, 1, D, dtype=torch.bfloat16)
+        qs, ks, vs = q.stride(), k.stride(), v.stride()
+        ptrs = (q.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr())
+        strides = (qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2])
+        if lib.bf16_attend_one(*ptrs, B, H, G, S, D, *strides, scale, torch.get_num_threads()):
+            raise MemoryError("out of memory for an attention step's scores")
+        return y
+
+    return bf16_attend_one

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from litgpt_lite.config import Config
-from litgpt_lite.cpu_kernel import bf16_linear_kernel
+from litgpt_lite.cpu_kernel import bf16_attend_one_kernel, bf16_linear_kernel, bf16_rms_norm_kernel
 from litgpt_lite.precision import cpu_has_native_bf16
 
 
@@ -211,13 +211,17 @@ class Block(nn.Module):
         self.post_mlp_norm = make_norm(config, config.n_embd) if config.post_mlp_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, cos_sin, mask: MaskSpec) -> torch.Tensor:
+        c = self.config  # absent post-norms are skipped, not called as Identity (a decode step makes 60 such calls)
         x_normed = self.norm_1(x)
-        attn_out = self.post_attention_norm(self.attn(x_normed, cos_sin, mask))
-        if self.config.parallel_residual:
-            mlp_in = x_normed if self.config.shared_attention_norm else self.norm_2(x)
-            return x + attn_out + self.post_mlp_norm(self.mlp(mlp_in))
+        attn_out = self.attn(x_normed, cos_sin, mask)
+        if c.post_attention_norm:
+            attn_out = self.post_attention_norm(attn_out)
+        if c.parallel_residual:
+            mlp_out = self.mlp(x_normed if c.shared_attention_norm else self.norm_2(x))
+            return x + attn_out + (self.post_mlp_norm(mlp_out) if c.post_mlp_norm else mlp_out)
         x = x + attn_out
-        return x + self.post_mlp_norm(self.mlp(self.norm_2(x)))
+        mlp_out = self.mlp(self.norm_2(x))
+        return x + (self.post_mlp_norm(mlp_out) if c.post_mlp_norm else mlp_out)
 
 
 class CausalSelfAttention(nn.Module):
@@ -289,8 +293,13 @@ class CausalSelfAttention(nn.Module):
     def _attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         H, G = q.shape[1], k.shape[1]
         cap = self.config.attention_logit_softcapping
-        if q.shape[2] == 1 and q.is_cpu and torch.compiler.is_compiling():
-            return self._attend_one_query(q, k, v, mask)
+        if q.shape[2] == 1 and q.is_cpu:
+            if torch.compiler.is_compiling():
+                return self._attend_one_query(q, k, v, mask)
+            one = q.dtype == torch.bfloat16 and mask is None and cap is None and not torch.is_grad_enabled()
+            kernel = bf16_attend_one_kernel() if one else None
+            if kernel is not None and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1:
+                return kernel(q, k, v, self.scale)  # a decode step over its whole cache: one C call (`cpu_kernel`)
         if cap is None:  # SDPA shares each key/value head among H // G query heads itself (no copies)
             causal = mask is None and q.shape[2] > 1
             return F.scaled_dot_product_attention(
@@ -526,6 +535,15 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        w = self.weight
+        if (
+            dtype == w.dtype == torch.bfloat16
+            and x.is_cpu
+            and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
+        ):
+            kernel = bf16_rms_norm_kernel() if not torch.compiler.is_compiling() else None
+            if kernel is not None:  # the same float32 math in one C call, not eight small ops (`cpu_kernel`)
+                return kernel(x, w, self.eps, self.unit_offset)
         # torch's rms_norm runs transformers' float32 ops (x * rsqrt(mean(x^2) + eps)) in one call from Python
         x = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         if self.unit_offset:  # Gemma multiplies in float32, Llama in the input dtype

@@ -1,4 +1,5 @@
-"""cpu_kernel: the C bf16 matmul for few rows computes F.linear's result, and falls back cleanly when it can't build."""
+"""cpu_kernel: the C bf16 matmul for few rows and the C RMSNorm compute what torch computes, and fall back cleanly
+when they can't build."""
 
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import torch.nn.functional as F
 from litgpt_lite import cpu_kernel
 
 kernel = cpu_kernel.bf16_linear_kernel()
+norm_kernel = cpu_kernel.bf16_rms_norm_kernel()
+attend_kernel = cpu_kernel.bf16_attend_one_kernel()
 needs_kernel = pytest.mark.skipif(kernel is None, reason="no AVX2 CPU without native bf16, or no C compiler")
 
 
@@ -62,6 +65,92 @@ def test_kernel_uses_torch_thread_count():
     assert torch.equal(one, kernel(x, w, None))  # each output is one thread's sum: same bits on any thread count
 
 
+@needs_kernel
+@pytest.mark.parametrize("shape", [(1, 1, 576), (2, 3, 64), (4, 20), (3, 2, 5, 24)])
+@pytest.mark.parametrize("unit_offset", [False, True])
+def test_rms_norm_kernel_equals_the_torch_ops(monkeypatch, shape, unit_offset):
+    """The C norm computes RMSNorm's float32 math (Llama: round, then times the bf16 weight; Gemma: times 1 + weight in
+    float32, rounded once): within one bf16 step of torch's ops, which it matches almost everywhere."""
+    import litgpt_lite.model as model
+
+    torch.manual_seed(len(shape))
+    norm = model.RMSNorm(shape[-1], eps=1e-5, unit_offset=unit_offset).to(torch.bfloat16)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(shape, dtype=torch.bfloat16) * 3
+    with torch.no_grad():
+        y = norm(x)
+        monkeypatch.setattr(model, "bf16_rms_norm_kernel", lambda: None)
+        ref = norm(x)
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape
+    assert (y != ref).float().mean() <= 0.01
+    torch.testing.assert_close(y.float(), ref.float(), atol=1e-6, rtol=2**-7)
+    # and from float64: x * rsqrt(mean(x^2) + eps), weighted as above
+    xd = x.double()
+    normed = xd / (xd.square().mean(-1, keepdim=True) + 1e-5).sqrt()
+    wd = norm.weight.double()
+    exact = normed * (1 + wd) if unit_offset else wd * normed.to(torch.bfloat16).double()
+    torch.testing.assert_close(y.double(), exact, atol=1e-6, rtol=2**-7)
+
+
+@needs_kernel
+def test_rms_norm_kernel_stays_off_for_autograd_and_other_dtypes(monkeypatch):
+    import litgpt_lite.model as model
+
+    calls = []
+    monkeypatch.setattr(model, "bf16_rms_norm_kernel", lambda: lambda *a: calls.append(1) or norm_kernel(*a))
+    norm = model.RMSNorm(64)
+    norm(torch.randn(2, 64))  # float32
+    norm.to(torch.bfloat16)(torch.randn(2, 64, dtype=torch.bfloat16)).sum().backward()  # autograd
+    assert calls == []
+    with torch.no_grad():
+        norm(torch.randn(2, 64, dtype=torch.bfloat16))
+    assert calls == [1]
+
+
+@needs_kernel
+@pytest.mark.parametrize("B,H,G,S,D", [(1, 9, 3, 55, 64), (2, 4, 4, 1, 20), (3, 8, 2, 300, 24)])
+def test_attention_kernel_equals_sdpa(B, H, G, S, D):
+    """One query per row over a cache slice (strided, as the KV cache's narrowed buffers are), grouped heads: SDPA's
+    values within bf16 rounding, and the float64 attention within one bf16 step."""
+    torch.manual_seed(S)
+    cache = torch.randn(2, B, G, S + 5, D, dtype=torch.bfloat16)
+    k, v = cache[0].narrow(2, 0, S), cache[1].narrow(2, 0, S)
+    q = torch.randn(B, 1, H, D, dtype=torch.bfloat16).transpose(1, 2)  # (B, H, 1, D), heads not outermost
+    scale = D**-0.5
+    y = attend_kernel(q, k, v, scale)
+    sdpa = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=G != H)
+    assert y.shape == sdpa.shape == (B, H, 1, D) and y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, sdpa, atol=1e-2, rtol=2**-7)
+    kd, vd = (t.double().repeat_interleave(H // G, dim=1) for t in (k, v))
+    exact = torch.softmax(q.double() @ kd.transpose(-1, -2) * scale, dim=-1) @ vd
+    torch.testing.assert_close(y.double(), exact, atol=1e-5, rtol=2**-7)
+
+
+@needs_kernel
+def test_decode_step_attention_takes_the_kernel_only_without_a_mask(monkeypatch):
+    """A bf16 decode step over the whole cache calls the kernel; a padded batch (a mask) and float32 use SDPA."""
+    from test_checkpoint import tiny_config
+
+    import litgpt_lite.model as model
+
+    calls = []
+    monkeypatch.setattr(model, "bf16_attend_one_kernel", lambda: lambda *a: calls.append(1) or attend_kernel(*a))
+    torch.manual_seed(0)
+    gpt = model.GPT(tiny_config()).eval()
+    with torch.inference_mode():
+        for dtype, pad_lens, expected in (
+            (torch.float32, None, 0),
+            (torch.bfloat16, torch.tensor([0, 2]), 0),
+            (torch.bfloat16, None, 2),
+        ):
+            gpt.to(dtype).set_kv_cache(2, 16)
+            gpt(torch.randint(0, 64, (2, 5)), input_pos=0, pad_lens=pad_lens)
+            calls.clear()
+            gpt(torch.randint(0, 64, (2, 1)), input_pos=5, pad_lens=pad_lens)
+            assert len(calls) == expected  # one per layer
+            gpt.clear_kv_cache()
+
+
 def _probe(env: dict, tmp_path) -> str:
     """bf16_linear_kernel() in a fresh process with `env` over a cache in tmp_path: 'None' or 'kernel'."""
     code = "from litgpt_lite import cpu_kernel; print('None' if cpu_kernel.bf16_linear_kernel() is None else 'kernel')"
@@ -74,7 +163,7 @@ def _probe(env: dict, tmp_path) -> str:
 @needs_kernel
 def test_builds_into_the_user_cache_and_reuses_it(tmp_path):
     assert _probe({}, tmp_path).strip() == "kernel"
-    built = list((tmp_path / "litgpt_lite" / "kernels").glob("bf16_linear-*.so"))
+    built = list((tmp_path / "litgpt_lite" / "kernels").glob("cpu_kernel-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
     assert _probe({"CC": "/nonexistent/cc"}, tmp_path).strip() == "None"  # no compiler: no kernel, even cached
@@ -94,7 +183,7 @@ def test_off_switch_and_failed_builds_fall_back(tmp_path):
 
 @needs_kernel
 def test_bf16_model_logits_with_and_without_the_kernel(monkeypatch):
-    """A bf16 model's prefill and decode logits through the kernel stay within bf16 rounding of torch's kernels."""
+    """A bf16 model's prefill and decode logits through the kernels stay within bf16 rounding of torch's kernels."""
     from test_checkpoint import tiny_config
 
     import litgpt_lite.model as model
@@ -112,10 +201,16 @@ def test_bf16_model_logits_with_and_without_the_kernel(monkeypatch):
         return prefill, step
 
     calls = []
-    monkeypatch.setattr(model, "bf16_linear_kernel", lambda: lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(model, "bf16_linear_kernel", lambda: lambda *a: calls.append("mm") or kernel(*a))
+    monkeypatch.setattr(model, "bf16_rms_norm_kernel", lambda: lambda *a: calls.append("norm") or norm_kernel(*a))
+    monkeypatch.setattr(model, "bf16_attend_one_kernel", lambda: lambda *a: calls.append("attend") or attend_kernel(*a))
     with_kernel = run()
-    assert len(calls) == 2 * (2 * 5 + 1)  # every matmul of both forwards: 5 per layer and the head
+    assert calls.count("mm") == 2 * (2 * 5 + 1)  # every matmul of both forwards: 5 per layer and the head
+    assert calls.count("norm") == 2 * (2 * 2 + 1)  # and every norm: 2 per layer and the final one
+    assert calls.count("attend") == 2  # and the decode step's attention in each layer
     monkeypatch.setattr(model, "bf16_linear_kernel", lambda: None)
+    monkeypatch.setattr(model, "bf16_rms_norm_kernel", lambda: None)
+    monkeypatch.setattr(model, "bf16_attend_one_kernel", lambda: None)
     without = run()
     for a, b in zip(with_kernel, without):
         torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2**-6)
