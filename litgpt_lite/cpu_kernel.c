@@ -1,6 +1,6 @@
 /* bf16 inference kernels for x86-64 CPUs with AVX2 and FMA but no native bf16 (built and loaded by cpu_kernel.py):
- * a matmul with few rows, RMSNorm, and one query's attention over a KV cache. All compute in float32 and round to bf16
- * where torch does.
+ * a matmul with few rows, RMSNorm, RoPE, and one query's attention over a KV cache. All compute in float32 and round
+ * to bf16 where torch does (the attention only its output).
  *
  * The matmul: y (m, n) = x (m, k) @ w (n, k)^T (+ bias), as torch.nn.functional.linear computes it: the weights and
  * the result are bf16, and the products are summed in float32. A bf16 -> float32 conversion is a 16-bit shift, and it
@@ -18,6 +18,9 @@
 #include <string.h>
 
 #define ROWS 8 /* rows of x per pass over a weight row: 16 float32 accumulators */
+/* weights to request ahead of use: 4 KB, about two rows, which the hardware prefetcher alone does not fetch in
+ * time: 16.3 -> 15.3 ms for the matmuls of a SmolLM2-135M decode step on 2 cores */
+#define PREFETCH 2048
 
 static inline __m256 bf16_lo(__m256i h) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)), 16));
@@ -67,6 +70,7 @@ int bf16_linear(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint
             __m256 acc[ROWS];
             for (long j = 0; j < rows; j++) acc[j] = _mm256_setzero_ps();
             for (long i = 0; i < k16; i += 16) {
+                _mm_prefetch((const char *)(wr + i + PREFETCH), _MM_HINT_T0); /* a hint: never faults */
                 const __m256i h = _mm256_loadu_si256((const __m256i *)(wr + i));
                 const __m256 w0 = bf16_lo(h), w1 = bf16_hi(h);
                 for (long j = 0; j < rows; j++) {
@@ -160,4 +164,29 @@ int bf16_attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v, uin
     }
     free(work);
     return 0;
+}
+
+/* RoPE in the half-split layout, as model.apply_rope computes it in bf16: out = x * cos + roll(x, n / 2) * sin (the
+ * sin's first half carries the sign), each product and the sum rounded to bf16 as torch's bf16 ops round them, so the
+ * result is bit for bit torch's. Dimensions from n on pass through (partial rotary). x: (B, T, heads, D) with
+ * strides x_sb, x_st, x_sh and a contiguous last dimension; cos, sin: (B, T, n) with strides cs_sb, cs_st (0 to
+ * broadcast) and a contiguous last dimension; y: (B, T, heads, D) contiguous. */
+void bf16_rope(const uint16_t *x, const uint16_t *cos, const uint16_t *sin, uint16_t *y, long B, long T, long heads,
+               long D, long n, long x_sb, long x_st, long x_sh, long cs_sb, long cs_st) {
+    const long half = n / 2;
+    for (long b = 0; b < B; b++)
+        for (long t = 0; t < T; t++) {
+            const uint16_t *c = cos + b * cs_sb + t * cs_st, *s = sin + b * cs_sb + t * cs_st;
+            for (long h = 0; h < heads; h++) {
+                const uint16_t *xh = x + b * x_sb + t * x_st + h * x_sh;
+                uint16_t *yh = y + ((b * T + t) * heads + h) * D;
+                for (long i = 0; i < n; i++) {
+                    const float rolled = bf16_to_float(xh[i < half ? i + half : i - half]);
+                    const uint16_t a = float_to_bf16(bf16_to_float(xh[i]) * bf16_to_float(c[i]));
+                    const uint16_t r = float_to_bf16(rolled * bf16_to_float(s[i]));
+                    yh[i] = float_to_bf16(bf16_to_float(a) + bf16_to_float(r));
+                }
+                for (long i = n; i < D; i++) yh[i] = xh[i];
+            }
+        }
 }

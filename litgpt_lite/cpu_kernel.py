@@ -1,15 +1,16 @@
 """C kernels for bf16 inference on x86-64 CPUs with AVX2 but without native bf16 (AMD Zen 2-4, most Intel client
-CPUs): a matmul with few rows, RMSNorm, and one query's attention over a KV cache.
+CPUs): a matmul with few rows, RMSNorm, RoPE, and one query's attention over a KV cache.
 
 On such CPUs torch's bf16 matrix-vector kernel spends its time converting weights to float32, and a matmul with m
 rows costs about m matrix-vector products: prefilling a 7-token prompt through SmolLM2-135M took 97 ms of matmuls,
 against 16 ms for one decode step. `bf16_linear` converts each weight once for up to 8 rows: that prefill's matmuls
-take 22 ms. The norm and the attention replace torch calls whose fixed costs dominate at a decode step's sizes (the
-eight small ops of a bf16 RMSNorm took ~50 us inside a step): SmolLM2-135M's bf16 decode step went from 28.2 to
-24.4 ms on 2 cores. All compute in float32: the matmul and the norm round to bf16 where torch does, the attention
-only its output (its scores and weights stay float32). The sums run in another order than torch's, so
-results can differ from torch's in the last bf16 bit, and greedy bf16 text can part from torch's after some tokens
-(bf16 logits often tie). `LITGPT_LITE_CPU_KERNEL=0` gives torch's kernels, and their exact bits, back.
+take 22 ms. The norm, RoPE and the attention replace torch calls whose fixed costs dominate at a decode step's sizes
+(the eight small ops of a bf16 RMSNorm took ~50 us inside a step): SmolLM2-135M's bf16 decode step went from 28.2
+to 23.1 ms on 2 cores. All compute in float32: the matmul, the norm and RoPE round to bf16 where torch does (RoPE
+gives torch's bits exactly), the attention only its output (its scores and weights stay float32). The sums run in
+another order than torch's, so results can differ from torch's in the last bf16 bit, and greedy bf16 text can part
+from torch's after some tokens (bf16 logits often tie). `LITGPT_LITE_CPU_KERNEL=0` gives torch's kernels, and their
+exact bits, back.
 
 The kernels are compiled on first use (about half a second) with the system C compiler (`$CC`, else `cc`) into the
 user cache (`$XDG_CACHE_HOME/litgpt_lite/kernels`, else `~/.cache/...`), keyed by the source and the build recipe,
@@ -64,8 +65,8 @@ def _build(cc: str, runtime: Path, out: Path) -> None:
         obj, lib = Path(tmp) / "kernel.o", Path(tmp) / out.name
         subprocess.run([cc, *FLAGS[:-1], "-c", str(SOURCE), "-o", str(obj)], check=True, capture_output=True)
         # link against torch's runtime by path (not -lgomp, the system's): one thread pool in the process
-        link = [cc, "-shared", str(obj), str(runtime), f"-Wl,-rpath,{runtime.parent}", "-o", str(lib)]
-        subprocess.run(link, check=True, capture_output=True)
+        link = [cc, "-shared", str(obj), str(runtime), f"-Wl,-rpath,{runtime.parent}", "-lm", "-Wl,--no-undefined"]
+        subprocess.run([*link, "-o", str(lib)], check=True, capture_output=True)
         os.replace(lib, out)
 
 
@@ -95,6 +96,8 @@ def _library() -> ctypes.CDLL | None:
         lib.bf16_rms_norm.restype = None
         lib.bf16_attend_one.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 13 + [ctypes.c_float, ctypes.c_int]
         lib.bf16_attend_one.restype = ctypes.c_int
+        lib.bf16_rope.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 10
+        lib.bf16_rope.restype = None
     except (OSError, subprocess.CalledProcessError, AttributeError):
         return None
     return lib
@@ -160,3 +163,23 @@ def bf16_attend_one_kernel() -> Callable[[torch.Tensor, torch.Tensor, torch.Tens
         return y
 
     return bf16_attend_one
+
+
+@functools.cache
+def bf16_rope_kernel() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """`f(x, cos, sin)` computing `model.apply_rope` bit for bit for bf16 x (B, T, heads, D) and bf16 cos, sin
+    (B or 1, T, 1, n), each with a contiguous last dimension; or None."""
+    lib = _library()
+    if lib is None:
+        return None
+
+    def bf16_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, heads, D = x.shape
+        y = torch.empty(B, T, heads, D, dtype=torch.bfloat16)
+        xs, cs = x.stride(), cos.stride()
+        cs_b = 0 if cos.shape[0] == 1 else cs[0]
+        ptrs = (x.data_ptr(), cos.data_ptr(), sin.data_ptr(), y.data_ptr())
+        lib.bf16_rope(*ptrs, B, T, heads, D, cos.shape[-1], xs[0], xs[1], xs[2], cs_b, cs[1])
+        return y
+
+    return bf16_rope

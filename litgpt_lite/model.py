@@ -20,7 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from litgpt_lite.config import Config
-from litgpt_lite.cpu_kernel import bf16_attend_one_kernel, bf16_linear_kernel, bf16_rms_norm_kernel
+from litgpt_lite.cpu_kernel import (
+    bf16_attend_one_kernel,
+    bf16_linear_kernel,
+    bf16_rms_norm_kernel,
+    bf16_rope_kernel,
+)
 from litgpt_lite.precision import cpu_has_native_bf16
 
 
@@ -615,6 +620,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     n = cos.shape[-1]
     if n == 0:
         return x
+    if x.dtype == cos.dtype == sin.dtype == torch.bfloat16 and x.is_cpu and not torch.is_grad_enabled():
+        kernel = bf16_rope_kernel() if not torch.compiler.is_compiling() else None
+        dense = x.stride(-1) == cos.stride(-1) == 1 and sin.stride() == cos.stride()
+        if kernel is not None and dense:  # the same bf16 ops, bit for bit, in one C call (`cpu_kernel`)
+            return kernel(x, cos, sin)
     rot = x[..., :n] if n < x.shape[-1] else x
     out = rot * cos + torch.roll(rot, n // 2, dims=-1) * sin
     return torch.cat((out, x[..., n:]), dim=-1) if n < x.shape[-1] else out

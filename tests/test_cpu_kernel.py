@@ -13,6 +13,7 @@ from litgpt_lite import cpu_kernel
 kernel = cpu_kernel.bf16_linear_kernel()
 norm_kernel = cpu_kernel.bf16_rms_norm_kernel()
 attend_kernel = cpu_kernel.bf16_attend_one_kernel()
+rope_kernel = cpu_kernel.bf16_rope_kernel()
 needs_kernel = pytest.mark.skipif(kernel is None, reason="no AVX2 CPU without native bf16, or no C compiler")
 
 
@@ -151,6 +152,27 @@ def test_decode_step_attention_takes_the_kernel_only_without_a_mask(monkeypatch)
             gpt.clear_kv_cache()
 
 
+@needs_kernel
+@pytest.mark.parametrize("B,T,n,D", [(1, 1, 64, 64), (2, 5, 16, 24), (3, 4, 8, 8)])
+def test_rope_kernel_equals_apply_rope_bit_for_bit(monkeypatch, B, T, n, D):
+    """Queries and keys viewed out of a fused projection (strided), full and partial rotary, cos/sin per row or
+    shared: the same bits as torch's bf16 ops."""
+    import litgpt_lite.model as model
+
+    torch.manual_seed(B * T)
+    qkv = torch.randn(B, T, 7, D, dtype=torch.bfloat16) * 4
+    x = qkv[:, :, :5]  # 5 of 7 heads, as queries and keys are in the fused qkv
+    for rows in (B, 1):
+        angles = torch.randn(rows, T, 1, n)
+        cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
+        with torch.inference_mode():
+            y = model.apply_rope(x, cos, sin)
+            monkeypatch.setattr(model, "bf16_rope_kernel", lambda: None)
+            ref = model.apply_rope(x, cos, sin)
+            monkeypatch.undo()
+        assert y.shape == ref.shape and torch.equal(y, ref)
+
+
 def _probe(env: dict, tmp_path) -> str:
     """bf16_linear_kernel() in a fresh process with `env` over a cache in tmp_path: 'None' or 'kernel'."""
     code = "from litgpt_lite import cpu_kernel; print('None' if cpu_kernel.bf16_linear_kernel() is None else 'kernel')"
@@ -211,6 +233,7 @@ def test_bf16_model_logits_with_and_without_the_kernel(monkeypatch):
     monkeypatch.setattr(model, "bf16_linear_kernel", lambda: None)
     monkeypatch.setattr(model, "bf16_rms_norm_kernel", lambda: None)
     monkeypatch.setattr(model, "bf16_attend_one_kernel", lambda: None)
+    monkeypatch.setattr(model, "bf16_rope_kernel", lambda: None)
     without = run()
     for a, b in zip(with_kernel, without):
         torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2**-6)
