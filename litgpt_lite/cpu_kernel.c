@@ -57,6 +57,7 @@ static inline uint16_t float_to_bf16(float f) {
 int bf16_linear(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, long m, long n, long k,
                 int threads) {
     const long k16 = k - k % 16;
+    if (m <= 0) return 0;
     float *xf = malloc((size_t)(m * k) * sizeof(float)); /* x in float32, converted once */
     if (!xf) return -1;
     for (long i = 0; i < m * k; i++) xf[i] = bf16_to_float(x[i]);

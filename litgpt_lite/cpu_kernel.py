@@ -35,7 +35,9 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
-FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
+COMPILE_FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-fPIC")
+# --no-undefined: a compiler whose OpenMP calls torch's runtime lacks (clang's __kmpc_*) fails here, not at a call
+LINK_FLAGS = ("-shared", "-lm", "-Wl,--no-undefined")
 OFF_ENV = "LITGPT_LITE_CPU_KERNEL"
 
 
@@ -63,10 +65,10 @@ def _build(cc: str, runtime: Path, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # build aside, then rename: concurrent loaders are safe
         obj, lib = Path(tmp) / "kernel.o", Path(tmp) / out.name
-        subprocess.run([cc, *FLAGS[:-1], "-c", str(SOURCE), "-o", str(obj)], check=True, capture_output=True)
+        subprocess.run([cc, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(obj)], check=True, capture_output=True)
         # link against torch's runtime by path (not -lgomp, the system's): one thread pool in the process
-        link = [cc, "-shared", str(obj), str(runtime), f"-Wl,-rpath,{runtime.parent}", "-lm", "-Wl,--no-undefined"]
-        subprocess.run([*link, "-o", str(lib)], check=True, capture_output=True)
+        link = [cc, str(obj), str(runtime), f"-Wl,-rpath,{runtime.parent}", *LINK_FLAGS, "-o", str(lib)]
+        subprocess.run(link, check=True, capture_output=True)
         os.replace(lib, out)
 
 
@@ -84,7 +86,7 @@ def _library() -> ctypes.CDLL | None:
     runtime = _openmp_runtime()
     if cc is None or runtime is None:
         return None
-    recipe = "\0".join([SOURCE.read_text(), cc, *FLAGS, str(runtime)])
+    recipe = "\0".join([SOURCE.read_text(), cc, *COMPILE_FLAGS, *LINK_FLAGS, str(runtime)])
     path = cache_dir() / f"cpu_kernel-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.so"
     try:
         if not path.exists():

@@ -94,7 +94,7 @@ def _record_linear_input_dtypes(monkeypatch, native: bool) -> list[torch.dtype]:
 
 
 @pytest.mark.parametrize("native", [False, True])
-@pytest.mark.parametrize("rows", [1, 7, 8, 32, 33, 300])
+@pytest.mark.parametrize("rows", [0, 1, 7, 8, 32, 33, 300])
 def test_bf16_paths_without_native_bf16(monkeypatch, native, rows):
     """bf16 on a CPU without native bf16: up to KERNEL_MAX_ROWS rows the C kernel runs (no F.linear call), from
     UPCAST_MIN_ROWS rows otherwise one F.linear on float32 copies, and the bf16 kernel below that; with native bf16
