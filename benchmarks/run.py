@@ -34,7 +34,6 @@ from bench_common import TURN_ENV, emit, parse_result  # noqa: E402
 
 DEFAULT_LITGPT_PYTHON = Path(os.environ.get("LITGPT_PYTHON", "/work/bench-venv/bin/python"))
 EXTRA = ("pretrain_pythia14m",)  # not part of `all`: a seconds-long workload for smoke tests
-CPU_EXTRA = ("decode_bf16_compiled",)  # bf16 prefill is slow on CPUs without native bf16; fp32 compiled is in all
 LOCKSTEP_FNS = ("pretrain", "finetune_full", "finetune_lora")  # workers timed by bench_common.StepClock
 PROMPT = "The history of the printing press begins"
 BATCH_PROMPTS = [
@@ -720,10 +719,9 @@ def main(argv: list[str] | None = None) -> int:
     table = workloads(a)
     if a.list:
         for name, w in table.items():
-            extra = name in EXTRA or (a.device == "cpu" and name in CPU_EXTRA)
-            print(f"{name:20s} {w.title}{'  (not in all)' if extra else ''}")
+            print(f"{name:20s} {w.title}{'  (not in all)' if name in EXTRA else ''}")
         return 0
-    skip = EXTRA + (CPU_EXTRA if a.device == "cpu" else ())
+    skip = EXTRA
     names = (
         [n for n in table if n not in skip]
         if a.workloads == "all"
