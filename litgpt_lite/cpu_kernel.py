@@ -54,11 +54,14 @@ def _openmp_runtime() -> Path | None:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return None
-    for line in maps.splitlines():
-        path = line.split(maxsplit=5)[-1]
-        if "/libgomp" in path or "/libiomp5" in path:
-            return Path(path)
-    return None
+    return pick_runtime([line.split(maxsplit=5)[-1] for line in maps.splitlines()], Path(torch.__file__).parent)
+
+
+def pick_runtime(mapped: list[str], torch_dir: Path) -> Path | None:
+    """Among a process's mapped files, the OpenMP runtime: the one shipped inside torch's package where there is one
+    (another library may have loaded the system's as well; a second runtime is a second thread pool), else the first."""
+    found = [Path(p) for p in dict.fromkeys(mapped) if "/libgomp" in p or "/libiomp5" in p]
+    return next((p for p in found if torch_dir in p.parents), found[0] if found else None)
 
 
 def _build(cc: str, runtime: Path, out: Path) -> None:

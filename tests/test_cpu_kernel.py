@@ -3,6 +3,7 @@ when they can't build."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,6 +172,18 @@ def test_rope_kernel_equals_apply_rope_bit_for_bit(monkeypatch, B, T, n, D):
             ref = model.apply_rope(x, cos, sin)
             monkeypatch.undo()
         assert y.shape == ref.shape and torch.equal(y, ref)
+
+
+def test_the_openmp_runtime_is_torchs_own_where_two_are_loaded(tmp_path):
+    torch_dir = tmp_path / "site-packages" / "torch"
+    system, bundled = "/usr/lib/x86_64-linux-gnu/libgomp.so.1", str(torch_dir / "lib" / "libgomp.so.1")
+    pick = cpu_kernel.pick_runtime
+    assert pick(["[heap]", system, "/usr/lib/libc.so.6", bundled, bundled], torch_dir) == Path(bundled)
+    assert pick(["[heap]", system, system], torch_dir) == Path(system)  # torch built against the system's
+    assert pick(["/opt/intel/lib/libiomp5.so"], torch_dir) == Path("/opt/intel/lib/libiomp5.so")
+    assert pick(["[heap]", "/usr/lib/libc.so.6"], torch_dir) is None
+    if kernel is not None:  # built here, so this process has torch's OpenMP runtime loaded
+        assert cpu_kernel._openmp_runtime() is not None
 
 
 def _probe(env: dict, tmp_path) -> str:
