@@ -112,10 +112,11 @@ class StepClock:
             reset_peak_rss()
             if self._cuda is not None:
                 self._cuda.reset_peak_memory_stats()
-        if self.turnstile is not None and first:
-            self.turnstile.start()
-        elif self.turnstile is not None:
-            self.turnstile.hand_over()
+        if self.turnstile is not None:
+            if first:
+                self.turnstile.start()
+            else:
+                self.turnstile.hand_over()
         self.starts.append(time.perf_counter())
 
     def close(self) -> None:

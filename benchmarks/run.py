@@ -483,12 +483,12 @@ def summarize(w: Workload, runs: list[dict[str, Any]], unavailable: str | None, 
     ratios, pair_ratios = {}, {}
     for m in w.metrics:
         va, vb = medians[a_label].get(m.key), medians[b_label].get(m.key)
-        if va and vb is not None:
-            ratios[m.key] = vb / va
-        pairs = _pairs(runs, a_label, b_label, m.key)
-        if paired and pairs:
+        pairs = _pairs(runs, a_label, b_label, m.key) if paired else []
+        if pairs:
             pair_ratios[m.key] = pairs
             ratios[m.key] = statistics.median(pairs)
+        elif va and vb is not None:
+            ratios[m.key] = vb / va
     return {
         "title": w.title,
         "repeats": max((r["repeat"] for r in runs), default=-1) + 1,

@@ -16,7 +16,7 @@ The kernels are compiled on first use (about half a second) with the system C co
 user cache (`$XDG_CACHE_HOME/litgpt_lite/kernels`, else `~/.cache/...`), keyed by the source and the build recipe,
 and loaded with ctypes. They link against the OpenMP runtime torch has loaded, so they run on torch's threads, as
 many as `torch.get_num_threads()`. Where anything is missing (no compiler, another architecture, no OpenMP runtime
-in torch) the `*_kernel()` functions return None and the model uses torch's ops.
+in torch) `available()` is False and the model uses torch's ops.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -108,83 +107,55 @@ def _library() -> ctypes.CDLL | None:
     return lib
 
 
-@functools.cache
-def bf16_linear_kernel() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None:
-    """`f(x, w, b)` computing `F.linear(x, w, b)` for bf16 `x`, contiguous bf16 `w` (and `b`) on the CPU, or None."""
-    lib = _library()
-    if lib is None:
-        return None
-
-    def bf16_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        n, k = w.shape
-        x = x.contiguous()
-        y = torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16)
-        bias = None if b is None else b.data_ptr()
-        if lib.bf16_linear(
-            x.data_ptr(), w.data_ptr(), bias, y.data_ptr(), x.numel() // k, n, k, torch.get_num_threads()
-        ):
-            raise MemoryError("out of memory for a bf16 matmul's float32 input")
-        return y
-
-    return bf16_linear
+def available() -> bool:
+    """Whether the kernels below can run in this process (built and loaded; see the module's docstring)."""
+    return _library() is not None
 
 
-@functools.cache
-def bf16_rms_norm_kernel() -> Callable[[torch.Tensor, torch.Tensor, float, bool], torch.Tensor] | None:
-    """`f(x, w, eps, unit_offset)` computing `model.RMSNorm` for bf16 `x` and contiguous bf16 `w`, or None."""
-    lib = _library()
-    if lib is None:
-        return None
-
-    def bf16_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, unit_offset: bool) -> torch.Tensor:
-        x = x.contiguous()
-        y = torch.empty_like(x)
-        n = x.shape[-1]
-        lib.bf16_rms_norm(
-            x.data_ptr(), w.data_ptr(), y.data_ptr(), x.numel() // n, n, eps, unit_offset, torch.get_num_threads()
-        )
-        return y
-
-    return bf16_rms_norm
+# The kernels. Call them only where `available()`; each takes bf16 CPU tensors and returns a new contiguous one.
+def bf16_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear(x, w, b)` for bf16 `x` and contiguous bf16 `w` (and `b`)."""
+    n, k = w.shape
+    x = x.contiguous()
+    y = torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16)
+    bias = None if b is None else b.data_ptr()
+    threads = torch.get_num_threads()
+    if _library().bf16_linear(x.data_ptr(), w.data_ptr(), bias, y.data_ptr(), x.numel() // k, n, k, threads):
+        raise MemoryError("out of memory for a bf16 matmul's float32 input")
+    return y
 
 
-@functools.cache
-def bf16_attend_one_kernel() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor] | None:
-    """`f(q, k, v, scale)`: SDPA without a mask for one query per row, q (B, H, 1, D), k and v (B, G, S, D) bf16 with
-    contiguous last dimensions (a decode step over its cache), giving (B, H, 1, D); or None."""
-    lib = _library()
-    if lib is None:
-        return None
-
-    def bf16_attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        B, H, _, D = q.shape
-        G, S = k.shape[1], k.shape[2]
-        y = torch.empty(B, H, 1, D, dtype=torch.bfloat16)
-        qs, ks, vs = q.stride(), k.stride(), v.stride()
-        ptrs = (q.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr())
-        strides = (qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2])
-        if lib.bf16_attend_one(*ptrs, B, H, G, S, D, *strides, scale, torch.get_num_threads()):
-            raise MemoryError("out of memory for an attention step's scores")
-        return y
-
-    return bf16_attend_one
+def bf16_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, unit_offset: bool) -> torch.Tensor:
+    """`model.RMSNorm` for bf16 `x` and contiguous bf16 `w`."""
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    n = x.shape[-1]
+    threads = torch.get_num_threads()
+    _library().bf16_rms_norm(x.data_ptr(), w.data_ptr(), y.data_ptr(), x.numel() // n, n, eps, unit_offset, threads)
+    return y
 
 
-@functools.cache
-def bf16_rope_kernel() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """`f(x, cos, sin)` computing `model.apply_rope` bit for bit for bf16 x (B, T, heads, D) and bf16 cos, sin
-    (B or 1, T, 1, n), each with a contiguous last dimension; or None."""
-    lib = _library()
-    if lib is None:
-        return None
+def bf16_attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """SDPA without a mask for one query per row: q (B, H, 1, D), k and v (B, G, S, D), each with a contiguous last
+    dimension (a decode step over its cache); returns (B, H, 1, D)."""
+    B, H, _, D = q.shape
+    G, S = k.shape[1], k.shape[2]
+    y = torch.empty(B, H, 1, D, dtype=torch.bfloat16)
+    qs, ks, vs = q.stride(), k.stride(), v.stride()
+    ptrs = (q.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr())
+    strides = (qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2])
+    if _library().bf16_attend_one(*ptrs, B, H, G, S, D, *strides, scale, torch.get_num_threads()):
+        raise MemoryError("out of memory for an attention step's scores")
+    return y
 
-    def bf16_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, T, heads, D = x.shape
-        y = torch.empty(B, T, heads, D, dtype=torch.bfloat16)
-        xs, cs = x.stride(), cos.stride()
-        cs_b = 0 if cos.shape[0] == 1 else cs[0]
-        ptrs = (x.data_ptr(), cos.data_ptr(), sin.data_ptr(), y.data_ptr())
-        lib.bf16_rope(*ptrs, B, T, heads, D, cos.shape[-1], xs[0], xs[1], xs[2], cs_b, cs[1])
-        return y
 
-    return bf16_rope
+def bf16_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`model.apply_rope`, bit for bit, for x (B, T, heads, D) and cos, sin (B or 1, T, 1, n) of equal strides, each
+    with a contiguous last dimension."""
+    B, T, heads, D = x.shape
+    y = torch.empty(B, T, heads, D, dtype=torch.bfloat16)
+    xs, cs = x.stride(), cos.stride()
+    cs_b = 0 if cos.shape[0] == 1 else cs[0]
+    ptrs = (x.data_ptr(), cos.data_ptr(), sin.data_ptr(), y.data_ptr())
+    _library().bf16_rope(*ptrs, B, T, heads, D, cos.shape[-1], xs[0], xs[1], xs[2], cs_b, cs[1])
+    return y

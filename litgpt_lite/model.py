@@ -19,13 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from litgpt_lite import cpu_kernel
 from litgpt_lite.config import Config
-from litgpt_lite.cpu_kernel import (
-    bf16_attend_one_kernel,
-    bf16_linear_kernel,
-    bf16_rms_norm_kernel,
-    bf16_rope_kernel,
-)
 from litgpt_lite.precision import cpu_has_native_bf16
 
 
@@ -41,7 +36,7 @@ class Linear(nn.Linear):
       stored once (`as_strided` makes inductor realize it), so the norm that produces it is not recomputed for every
       output row: 15 -> 18 GB/s over the weights of a bf16 SmolLM2 step;
     - bf16 on a CPU without native bf16, where torch's bf16 kernel costs about a matrix-vector product per row
-      (27 ms for 256 rows of a 1536 x 576 weight). Up to `KERNEL_MAX_ROWS` rows, `cpu_kernel.bf16_linear_kernel`
+      (27 ms for 256 rows of a 1536 x 576 weight). Up to `KERNEL_MAX_ROWS` rows, `cpu_kernel.bf16_linear`
       (C, AVX2) converts each weight once for 8 rows: a 7-token SmolLM2-135M prefill's matmuls take 22 instead of
       97 ms. From `UPCAST_MIN_ROWS` rows without that kernel, and above its rows, the matmul runs in float32 on
       upcast copies (3.8 ms for those 256 rows). Both round the float32 sums to bf16, as torch's kernel does.
@@ -64,9 +59,9 @@ class Linear(nn.Linear):
             y = (xf.unsqueeze(-2) * w.float()).sum(-1)
             return (y if b is None else y + b.float()).to(x.dtype)
         if x.dtype == w.dtype == torch.bfloat16 and not cpu_has_native_bf16() and not torch.is_autocast_enabled("cpu"):
-            kernel = bf16_linear_kernel() if rows <= self.KERNEL_MAX_ROWS and w.is_contiguous() else None
-            if kernel is not None and (b is None or b.dtype == w.dtype) and not torch.compiler.is_compiling():
-                return kernel(x, w, b)
+            few = rows <= self.KERNEL_MAX_ROWS and w.is_contiguous() and (b is None or b.dtype == w.dtype)
+            if few and not torch.compiler.is_compiling() and cpu_kernel.available():
+                return cpu_kernel.bf16_linear(x, w, b)
             if rows >= self.UPCAST_MIN_ROWS:
                 return F.linear(x.float(), w.float(), None if b is None else b.float()).to(x.dtype)
         split = rows <= self.SPLIT_MAX_ROWS and x.dtype == w.dtype == torch.float32 and w.is_contiguous()
@@ -302,9 +297,8 @@ class CausalSelfAttention(nn.Module):
             if torch.compiler.is_compiling():
                 return self._attend_one_query(q, k, v, mask)
             one = q.dtype == torch.bfloat16 and mask is None and cap is None and not torch.is_grad_enabled()
-            kernel = bf16_attend_one_kernel() if one else None
-            if kernel is not None and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1:
-                return kernel(q, k, v, self.scale)  # a decode step over its whole cache: one C call (`cpu_kernel`)
+            if one and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1 and cpu_kernel.available():
+                return cpu_kernel.bf16_attend_one(q, k, v, self.scale)  # a decode step over its whole cache
         if cap is None:  # SDPA shares each key/value head among H // G query heads itself (no copies)
             causal = mask is None and q.shape[2] > 1
             return F.scaled_dot_product_attention(
@@ -541,14 +535,10 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         w = self.weight
-        if (
-            dtype == w.dtype == torch.bfloat16
-            and x.is_cpu
-            and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
-        ):
-            kernel = bf16_rms_norm_kernel() if not torch.compiler.is_compiling() else None
-            if kernel is not None:  # the same float32 math in one C call, not eight small ops (`cpu_kernel`)
-                return kernel(x, w, self.eps, self.unit_offset)
+        if dtype == w.dtype == torch.bfloat16 and x.is_cpu and not torch.compiler.is_compiling():
+            no_grad = not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
+            if no_grad and cpu_kernel.available():  # the same float32 math in one C call, not eight small ops
+                return cpu_kernel.bf16_rms_norm(x, w, self.eps, self.unit_offset)
         # torch's rms_norm runs transformers' float32 ops (x * rsqrt(mean(x^2) + eps)) in one call from Python
         x = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         if self.unit_offset:  # Gemma multiplies in float32, Llama in the input dtype
@@ -621,10 +611,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     if n == 0:
         return x
     if x.dtype == cos.dtype == sin.dtype == torch.bfloat16 and x.is_cpu and not torch.is_grad_enabled():
-        kernel = bf16_rope_kernel() if not torch.compiler.is_compiling() else None
         dense = x.stride(-1) == cos.stride(-1) == 1 and sin.stride() == cos.stride()
-        if kernel is not None and dense:  # the same bf16 ops, bit for bit, in one C call (`cpu_kernel`)
-            return kernel(x, cos, sin)
+        if dense and not torch.compiler.is_compiling() and cpu_kernel.available():
+            return cpu_kernel.bf16_rope(x, cos, sin)  # the same bf16 ops, bit for bit, in one C call
     rot = x[..., :n] if n < x.shape[-1] else x
     out = rot * cos + torch.roll(rot, n // 2, dims=-1) * sin
     return torch.cat((out, x[..., n:]), dim=-1) if n < x.shape[-1] else out

@@ -1,5 +1,5 @@
-"""cpu_kernel: the C bf16 matmul for few rows and the C RMSNorm compute what torch computes, and fall back cleanly
-when they can't build."""
+"""cpu_kernel: the C bf16 matmul for few rows, RMSNorm, RoPE and one-query attention compute what torch computes,
+and fall back cleanly when they can't build."""
 
 import subprocess
 import sys
@@ -11,11 +11,10 @@ import torch.nn.functional as F
 
 from litgpt_lite import cpu_kernel
 
-kernel = cpu_kernel.bf16_linear_kernel()
-norm_kernel = cpu_kernel.bf16_rms_norm_kernel()
-attend_kernel = cpu_kernel.bf16_attend_one_kernel()
-rope_kernel = cpu_kernel.bf16_rope_kernel()
-needs_kernel = pytest.mark.skipif(kernel is None, reason="no AVX2 CPU without native bf16, or no C compiler")
+kernel, norm_kernel, attend_kernel = cpu_kernel.bf16_linear, cpu_kernel.bf16_rms_norm, cpu_kernel.bf16_attend_one
+needs_kernel = pytest.mark.skipif(
+    not cpu_kernel.available(), reason="no AVX2 CPU without native bf16, or no C compiler"
+)
 
 
 def _exact(x, w, b):
@@ -81,7 +80,7 @@ def test_rms_norm_kernel_equals_the_torch_ops(monkeypatch, shape, unit_offset):
     x = torch.randn(shape, dtype=torch.bfloat16) * 3
     with torch.no_grad():
         y = norm(x)
-        monkeypatch.setattr(model, "bf16_rms_norm_kernel", lambda: None)
+        monkeypatch.setattr(cpu_kernel, "available", lambda: False)
         ref = norm(x)
     assert y.dtype == torch.bfloat16 and y.shape == x.shape
     assert (y != ref).float().mean() <= 0.01
@@ -99,7 +98,7 @@ def test_rms_norm_kernel_stays_off_for_autograd_and_other_dtypes(monkeypatch):
     import litgpt_lite.model as model
 
     calls = []
-    monkeypatch.setattr(model, "bf16_rms_norm_kernel", lambda: lambda *a: calls.append(1) or norm_kernel(*a))
+    monkeypatch.setattr(cpu_kernel, "bf16_rms_norm", lambda *a: calls.append(1) or norm_kernel(*a))
     norm = model.RMSNorm(64)
     norm(torch.randn(2, 64))  # float32
     norm.to(torch.bfloat16)(torch.randn(2, 64, dtype=torch.bfloat16)).sum().backward()  # autograd
@@ -136,7 +135,7 @@ def test_decode_step_attention_takes_the_kernel_only_without_a_mask(monkeypatch)
     import litgpt_lite.model as model
 
     calls = []
-    monkeypatch.setattr(model, "bf16_attend_one_kernel", lambda: lambda *a: calls.append(1) or attend_kernel(*a))
+    monkeypatch.setattr(cpu_kernel, "bf16_attend_one", lambda *a: calls.append(1) or attend_kernel(*a))
     torch.manual_seed(0)
     gpt = model.GPT(tiny_config()).eval()
     with torch.inference_mode():
@@ -168,7 +167,7 @@ def test_rope_kernel_equals_apply_rope_bit_for_bit(monkeypatch, B, T, n, D):
         cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
         with torch.inference_mode():
             y = model.apply_rope(x, cos, sin)
-            monkeypatch.setattr(model, "bf16_rope_kernel", lambda: None)
+            monkeypatch.setattr(cpu_kernel, "available", lambda: False)
             ref = model.apply_rope(x, cos, sin)
             monkeypatch.undo()
         assert y.shape == ref.shape and torch.equal(y, ref)
@@ -182,13 +181,13 @@ def test_the_openmp_runtime_is_torchs_own_where_two_are_loaded(tmp_path):
     assert pick(["[heap]", system, system], torch_dir) == Path(system)  # torch built against the system's
     assert pick(["/opt/intel/lib/libiomp5.so"], torch_dir) == Path("/opt/intel/lib/libiomp5.so")
     assert pick(["[heap]", "/usr/lib/libc.so.6"], torch_dir) is None
-    if kernel is not None:  # built here, so this process has torch's OpenMP runtime loaded
+    if cpu_kernel.available():  # built here, so this process has torch's OpenMP runtime loaded
         assert cpu_kernel._openmp_runtime() is not None
 
 
 def _probe(env: dict, tmp_path) -> str:
-    """bf16_linear_kernel() in a fresh process with `env` over a cache in tmp_path: 'None' or 'kernel'."""
-    code = "from litgpt_lite import cpu_kernel; print('None' if cpu_kernel.bf16_linear_kernel() is None else 'kernel')"
+    """cpu_kernel.available() in a fresh process with `env` over a cache in tmp_path: 'None' or 'kernel'."""
+    code = "from litgpt_lite import cpu_kernel; print('kernel' if cpu_kernel.available() else 'None')"
     import os
 
     full = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), **env}
@@ -236,17 +235,14 @@ def test_bf16_model_logits_with_and_without_the_kernel(monkeypatch):
         return prefill, step
 
     calls = []
-    monkeypatch.setattr(model, "bf16_linear_kernel", lambda: lambda *a: calls.append("mm") or kernel(*a))
-    monkeypatch.setattr(model, "bf16_rms_norm_kernel", lambda: lambda *a: calls.append("norm") or norm_kernel(*a))
-    monkeypatch.setattr(model, "bf16_attend_one_kernel", lambda: lambda *a: calls.append("attend") or attend_kernel(*a))
+    monkeypatch.setattr(cpu_kernel, "bf16_linear", lambda *a: calls.append("mm") or kernel(*a))
+    monkeypatch.setattr(cpu_kernel, "bf16_rms_norm", lambda *a: calls.append("norm") or norm_kernel(*a))
+    monkeypatch.setattr(cpu_kernel, "bf16_attend_one", lambda *a: calls.append("attend") or attend_kernel(*a))
     with_kernel = run()
     assert calls.count("mm") == 2 * (2 * 5 + 1)  # every matmul of both forwards: 5 per layer and the head
     assert calls.count("norm") == 2 * (2 * 2 + 1)  # and every norm: 2 per layer and the final one
     assert calls.count("attend") == 2  # and the decode step's attention in each layer
-    monkeypatch.setattr(model, "bf16_linear_kernel", lambda: None)
-    monkeypatch.setattr(model, "bf16_rms_norm_kernel", lambda: None)
-    monkeypatch.setattr(model, "bf16_attend_one_kernel", lambda: None)
-    monkeypatch.setattr(model, "bf16_rope_kernel", lambda: None)
+    monkeypatch.setattr(cpu_kernel, "available", lambda: False)
     without = run()
     for a, b in zip(with_kernel, without):
         torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2**-6)

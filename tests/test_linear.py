@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from litgpt_lite.cpu_kernel import bf16_linear_kernel
+from litgpt_lite import cpu_kernel
 from litgpt_lite.model import Linear
 
 
@@ -104,7 +104,7 @@ def test_bf16_paths_without_native_bf16(monkeypatch, native, rows):
     x = torch.randn(1, rows, 64, dtype=torch.bfloat16)
     with torch.no_grad():
         y = layer(x)
-    kernel = not native and rows <= Linear.KERNEL_MAX_ROWS and bf16_linear_kernel() is not None
+    kernel = not native and rows <= Linear.KERNEL_MAX_ROWS and cpu_kernel.available()
     upcast = not native and not kernel and rows >= Linear.UPCAST_MIN_ROWS
     assert seen == ([] if kernel else [torch.float32 if upcast else torch.bfloat16])
     assert y.dtype == torch.bfloat16
