@@ -101,7 +101,7 @@ class SFTDataModule(DataModule):
             raise UserError(f"The training set is empty ({why}): add records or raise --train.max_seq_length")
         if self.packing:
             order = list(range(len(train)))
-            random.Random(ctx.seed + 1).shuffle(order)  # pack a shuffled order so rows mix sources
+            random.Random(ctx.seed + 1).shuffle(order)  # equal lengths pack in this order: rows mix sources
             pad_id = ctx.tokenizer.pad_id if ctx.tokenizer.pad_id is not None else 0
             packed = PackedRows([train[i] for i in order], ctx.max_seq_length, pad_id)
             notes.append(f"packed {len(train)} samples into {len(packed)} rows of {ctx.max_seq_length} tokens")

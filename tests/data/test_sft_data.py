@@ -132,6 +132,38 @@ def test_packing_fills_rows_and_keeps_every_sample(tokenizer):
     assert row["segment_ids"].tolist() == sorted(row["segment_ids"].tolist())  # segments are contiguous
 
 
+def _sample(n: int, tag: int) -> tuple[list[int], list[int]]:
+    return [tag] * n, [tag] * n
+
+
+def test_packing_is_best_fit_decreasing():
+    """In sample order, first fit needs 3 rows of 100 for lengths 40, 30, 70, 60 (70 and 60 each open a row); longest
+    first, each into the tightest room that holds it, they fill 2 rows exactly."""
+    packed = PackedRows([_sample(n, i) for i, n in enumerate([40, 30, 70, 60])], row_length=100)
+    assert packed.rows == [[2, 1], [3, 0]]
+    assert all(int((packed[r]["labels"] == IGNORE_INDEX).sum()) == 0 for r in range(2))  # no padding left
+    # the tightest room wins over the first: after 85, 70 and 20 the rooms are 15 (row 0) and 10 (row 1); the first
+    # 10 (sample 0, kept ahead of sample 3 of equal length) fills row 1, where first fit would put it into row 0
+    packed = PackedRows([_sample(n, i) for i, n in enumerate([10, 20, 70, 10, 85])], row_length=100)
+    assert packed.rows == [[4, 3], [2, 1, 0]]
+
+
+def test_packing_keeps_every_sample_once_within_its_row_on_many_lengths():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 300) for _ in range(2000)]
+    packed = PackedRows([_sample(n, i) for i, n in enumerate(lengths)], row_length=512)
+    assert sorted(i for row in packed.rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 512 for row in packed.rows)
+    lower_bound = -(-sum(lengths) // 512)
+    assert len(packed.rows) <= lower_bound + 1, (len(packed.rows), lower_bound)
+    row = packed[len(packed) - 1]  # contents follow the placement, in placement order
+    assert row["input_ids"].tolist()[: sum(lengths[i] for i in packed.rows[-1])] == [
+        t for i in packed.rows[-1] for t in _sample(lengths[i], i)[0]
+    ]
+
+
 def test_collate_pads_right_with_no_loss():
     import torch
 
