@@ -567,10 +567,10 @@ class RoPE(nn.Module):
     def _build(self, config: Config, dim: int) -> None:
         inv_freq, self.attention_scaling = rope_inv_freq(dim, config.rope_base, config.rope_scaling, config.block_size)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.long_inv_freq = None
+        long = None
         if config.rope_scaling and config.rope_scaling.get("type") == "longrope":
             long, _ = rope_inv_freq(dim, config.rope_base, config.rope_scaling, config.block_size, long=True)
-            self.register_buffer("long_inv_freq", long, persistent=False)
+        self.register_buffer("long_inv_freq", long, persistent=False)
         local_base = config.rope_local_base
         self.register_buffer(
             "local_inv_freq", rope_inv_freq(dim, local_base, None, 0)[0] if local_base else None, persistent=False

@@ -79,6 +79,21 @@ CASES = {
     ),
     "PhiForCausalLM": ("PhiConfig", dict()),
     "Phi3ForCausalLM": ("Phi3Config", dict(num_key_value_heads=2, pad_token_id=0)),
+    "Phi3LongRope": (  # transformers takes the top-level original_max_position_embeddings over rope_parameters'
+        "Phi3Config",
+        dict(
+            num_key_value_heads=2,
+            pad_token_id=0,
+            original_max_position_embeddings=16,
+            rope_parameters=dict(
+                rope_type="longrope",
+                rope_theta=10000.0,
+                short_factor=[1.0, 1.3, 2.1, 3.5],
+                long_factor=[1.2, 2.4, 5.0, 9.0],
+                original_max_position_embeddings=16,
+            ),
+        ),
+    ),
     "GPTNeoXForCausalLM": ("GPTNeoXConfig", dict(rotary_pct=0.25)),
     "GPTNeoXSequential": ("GPTNeoXConfig", dict(use_parallel_residual=False)),
     "FalconForCausalLM": ("FalconConfig", dict()),
@@ -129,6 +144,24 @@ def test_hf_roundtrip_logits(case, tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     back.eval()
     torch.testing.assert_close(_hf_logits(back, idx), expected)
+
+
+def test_longrope_takes_the_long_factors_past_the_original_context(tmp_path):
+    """Phi-3's longrope: up to original_max_position_embeddings (16 here) positions rotate by the short factors (the
+    round trip above, 11 tokens), beyond it by the long ones, and the attention scaling holds for both."""
+    hf = _hf_model("Phi3LongRope")
+    hf.save_pretrained(tmp_path / "hf")
+    convert_to_litgpt(tmp_path / "hf", out_dir=tmp_path / "lit")
+    ours = load_model(tmp_path / "lit")
+    convert_from_litgpt(tmp_path / "lit", tmp_path / "hf2")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf2", dtype=torch.float32).eval()
+    for T in (16, 17, 40):
+        idx = torch.randint(0, BASE["vocab_size"], (2, T), generator=torch.Generator().manual_seed(T))
+        with torch.no_grad():
+            got = ours(idx)[..., : BASE["vocab_size"]]
+        expected = _hf_logits(hf, idx)
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(_hf_logits(back, idx), expected)  # the exported config keeps the schedule
 
 
 def test_unsupported_architecture(tmp_path):
