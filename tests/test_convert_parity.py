@@ -164,6 +164,30 @@ def test_longrope_takes_the_long_factors_past_the_original_context(tmp_path):
         torch.testing.assert_close(_hf_logits(back, idx), expected)  # the exported config keeps the schedule
 
 
+def test_sharded_export_loads_in_transformers_and_back(tmp_path, monkeypatch):
+    """Past HF_SHARD_BYTES (5 GB; 40 KB here, so a tiny model spans several files) the export writes numbered shards
+    and the index transformers reads; convert_to_litgpt reads that sharded folder back."""
+    import litgpt_lite.convert
+
+    monkeypatch.setattr(litgpt_lite.convert, "HF_SHARD_BYTES", 40_000)
+    hf = _hf_model("LlamaForCausalLM")
+    hf.save_pretrained(tmp_path / "hf")
+    convert_to_litgpt(tmp_path / "hf", out_dir=tmp_path / "lit")
+    convert_from_litgpt(tmp_path / "lit", tmp_path / "hf2")
+    shards = sorted(p.name for p in (tmp_path / "hf2").glob("*.safetensors"))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors", shards
+    index = json.loads((tmp_path / "hf2" / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == shards
+    assert set(index["weight_map"]) == set(hf.state_dict())
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in hf.state_dict().values())
+    idx = torch.randint(0, BASE["vocab_size"], (2, 11), generator=torch.Generator().manual_seed(1))
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf2", dtype=torch.float32).eval()
+    torch.testing.assert_close(_hf_logits(back, idx), _hf_logits(hf, idx))
+    convert_to_litgpt(tmp_path / "hf2", out_dir=tmp_path / "lit2")
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "lit2")(idx)[..., : BASE["vocab_size"]], _hf_logits(hf, idx))
+
+
 def test_unsupported_architecture(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
     with pytest.raises(UserError, match="Unsupported architecture 'BertModel'.*LlamaForCausalLM"):
