@@ -158,3 +158,24 @@ def collate(items: list[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, 
             rows.append(x)
         batch[key] = torch.stack(rows)
     return batch
+
+
+def flatten_packed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A collated batch of packed rows as one row: the segments that carry a loss, in order, renumbered 0, 1, ....
+
+    Attention never crosses a segment and positions restart in each, so a segment's outputs do not depend on which
+    row holds it: the loss and its gradients are those of the padded rows. Dropped are the segments without a
+    target, the rows' padding tails, whose tokens would otherwise run through every layer for nothing (on Alpaca-
+    length samples at 512 tokens, ~3% of a micro batch of 4 rows).
+    """
+    segments, labels = batch["segment_ids"], batch["labels"]
+    per_row = segments.amax(dim=1) + 1
+    flat_ids = (segments + (per_row.cumsum(0) - per_row)[:, None]).flatten()  # unique across rows
+    has_target = torch.zeros(int(per_row.sum()), dtype=torch.bool)
+    has_target[flat_ids[labels.flatten() != IGNORE_INDEX]] = True
+    keep = has_target[flat_ids]
+    if not keep.any():  # nothing to learn from: keep the rows as they are rather than run an empty one
+        return batch
+    out = {k: v.flatten()[keep][None] for k, v in batch.items() if k != "segment_ids"}
+    out["segment_ids"] = (torch.cumsum(has_target, 0) - 1)[flat_ids[keep]][None]
+    return out

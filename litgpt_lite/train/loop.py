@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from litgpt_lite.data.base import IGNORE_INDEX, collate
+from litgpt_lite.data.base import IGNORE_INDEX, collate, flatten_packed
 from litgpt_lite.train.args import EvalArgs, TrainArgs
 from litgpt_lite.train.checkpoints import TrainState, save_training_checkpoint
 
@@ -41,6 +41,7 @@ class FitArgs:
     flops_per_token: float | None = None
     peak_flops: float | None = None  # per device; None where unknown (CPU)
     split_head: bool = True  # run the head outside the model's forward, on loss positions only (not under FSDP)
+    flatten_packed: bool = False  # packed micro batches run as one row without padding (see `data.flatten_packed`)
     history: list[dict] = field(default_factory=list)  # per-step metrics of this process (tests read it)
 
 
@@ -69,11 +70,12 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
 
 
-def micro_batches(dataset, indices: list[int], rank: int, world: int, micro: int, pad_id: int):
-    """This rank's share of a global batch, collated into micro batches."""
+def micro_batches(dataset, indices: list[int], rank: int, world: int, micro: int, pad_id: int, flatten: bool = False):
+    """This rank's share of a global batch, collated into micro batches (packed ones flattened with `flatten`)."""
     per_rank = len(indices) // world
     mine = indices[rank * per_rank : (rank + 1) * per_rank]
-    return [collate([dataset[j] for j in mine[i : i + micro]], pad_id) for i in range(0, len(mine), micro)]
+    batches = [collate([dataset[j] for j in mine[i : i + micro]], pad_id) for i in range(0, len(mine), micro)]
+    return [flatten_packed(b) if flatten and "segment_ids" in b else b for b in batches]
 
 
 # ---------------------------------------------------------------- loss
@@ -188,9 +190,8 @@ def fit(fabric, model, optimizer, scheduler, train_data, val_data, args: FitArgs
         _validate_and_log(fabric, model, val_data, args, state)
     while not _done(state, args):
         indices, state.epoch = step_indices(state.step, len(train_data), t.global_batch_size, args.seed)
-        batches = micro_batches(
-            train_data, indices, fabric.global_rank, fabric.world_size, t.micro_batch_size, args.pad_id
-        )
+        rank, world = fabric.global_rank, fabric.world_size
+        batches = micro_batches(train_data, indices, rank, world, t.micro_batch_size, args.pad_id, args.flatten_packed)
         targets = max(_all_sum(fabric, count_targets(batches)), 1.0)
         step_loss = torch.zeros((), dtype=torch.float32)
         for i, batch in enumerate(batches):

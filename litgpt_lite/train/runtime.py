@@ -229,6 +229,7 @@ def _main(fabric, run: Run) -> None:
         sample=None if sharded else make_sampler(tokenizer, splits.val, run.eval.max_new_tokens),
         flops_per_token=_flops_per_token(raw, max_seq_length),
         peak_flops=_peak_flops(fabric),
+        flatten_packed=not run.train.compile and _attends_segmentwise(raw),
     )
     fabric.print(
         f"Training {total_steps} steps of {run.train.global_batch_size} samples "
@@ -245,6 +246,16 @@ def _main(fabric, run: Run) -> None:
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+
+
+def _attends_segmentwise(model: torch.nn.Module) -> bool:
+    """Whether every attention layer runs packed samples one segment at a time (eager, no sliding window, no
+    softcap). Only then may a micro batch of packed rows run as one long row: a layer that builds the full
+    boolean mask would attend over (rows x row length)^2 pairs instead of rows x row length^2. A compiled model
+    keeps the fixed row shape too, so new lengths do not recompile it."""
+    from litgpt_lite.model import CausalSelfAttention
+
+    return all(m.segmentwise for m in model.modules() if isinstance(m, CausalSelfAttention))
 
 
 def reuse_freed_memory() -> bool:

@@ -192,5 +192,14 @@ def test_packed_fine_tuning_runs_and_learns(tiny_ckpt, tmp_path):
         precision="32-true",
     )
     curve = losses(result)
-    assert result["history"][-1]["tokens"] == 12 * 4 * 128  # full rows: no padding per sample
+    # each micro batch of packed rows runs as one row without the rows' padding tails: only real tokens count
+    from litgpt_lite.data import DataContext
+    from litgpt_lite.tokenizer import Tokenizer
+    from litgpt_lite.train.loop import step_indices
+
+    ctx = DataContext(Tokenizer(tiny_ckpt), 128, seed=42, prompt_style=None, checkpoint_dir=tiny_ckpt)
+    rows = Instructions(packing=True, prompt_style="default").build(ctx).train
+    real = [sum(len(rows.samples[s][0]) for s in row) for row in rows.rows]  # every sample has targets
+    expected = sum(real[i] for step in range(12) for i in step_indices(step, len(rows), 4, 42)[0])
+    assert result["history"][-1]["tokens"] == expected < 12 * 4 * 128
     assert sum(curve[-3:]) / 3 < curve[0] - 0.25

@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_helpers import tiny_config
 
-from litgpt_lite.data.base import IGNORE_INDEX, PackedRows, SampleList, collate
+from litgpt_lite.data.base import IGNORE_INDEX, PackedRows, SampleList, collate, flatten_packed
 from litgpt_lite.model import GPT
 from litgpt_lite.train.loop import count_targets, loss_sum
 from litgpt_lite.train.runtime import checkpoint_blocks
@@ -55,6 +55,51 @@ def test_packed_loss_equals_unpacked_loss():
     torch.testing.assert_close(loss_p, loss_u, rtol=1e-10, atol=1e-10)
     for name, g in _grads(model).items():
         torch.testing.assert_close(g, grads_u[name], rtol=1e-8, atol=1e-10)
+
+
+def test_flattened_packed_rows_give_the_padded_rows_loss_and_gradients():
+    """A micro batch of packed rows runs as one row without the padding tails: same loss, same gradients."""
+    samples = _samples(12, seed=6)
+    packed = PackedRows(samples, row_length=64)
+    rows = collate([packed[i] for i in range(len(packed))])
+    flat = flatten_packed(rows)
+    real = sum(len(ids) for ids, _ in samples)
+    assert rows["input_ids"].numel() > real and flat["input_ids"].shape == (1, real)  # padding gone, samples kept
+    assert count_targets([flat]) == count_targets([rows])
+    assert flat["segment_ids"][0].unique_consecutive().tolist() == list(range(len(samples)))
+    model = _model()
+    losses, grads = [], []
+    for batch in (rows, flat):
+        model.zero_grad()
+        loss = loss_sum(None, model, batch) / count_targets([batch])
+        loss.backward()
+        losses.append(loss)
+        grads.append(_grads(model))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-10, atol=1e-10)
+    for name, g in grads[1].items():
+        torch.testing.assert_close(g, grads[0][name], rtol=1e-8, atol=1e-10)
+
+
+def test_flatten_drops_only_segments_without_targets():
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    labels = torch.tensor([[6, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX], [IGNORE_INDEX, 11, IGNORE_INDEX, 0]])
+    segments = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]])  # row 0 segment 1 has no target: dropped like padding
+    flat = flatten_packed({"input_ids": ids, "labels": labels, "segment_ids": segments})
+    assert flat["input_ids"].tolist() == [[5, 6, 9, 10, 0, 0]]
+    assert flat["labels"].tolist() == [[6, IGNORE_INDEX, IGNORE_INDEX, 11, IGNORE_INDEX, 0]]
+    assert flat["segment_ids"].tolist() == [[0, 0, 1, 1, 2, 2]]
+    nothing = {"input_ids": ids, "labels": torch.full_like(labels, IGNORE_INDEX), "segment_ids": segments}
+    assert flatten_packed(nothing) is nothing
+
+
+def test_only_segmentwise_attention_runs_packed_rows_flattened():
+    """One long row is cheaper only where every layer attends segment by segment; a layer that builds the full
+    mask (a sliding window, a softcap) would pay for (rows x length)^2 pairs."""
+    from litgpt_lite.train.runtime import _attends_segmentwise
+
+    assert _attends_segmentwise(GPT(tiny_config()))
+    assert not _attends_segmentwise(GPT(tiny_config(sliding_window_size=8, sliding_window_layers=[0])))
+    assert not _attends_segmentwise(GPT(tiny_config(attention_logit_softcapping=50.0)))
 
 
 def test_attention_never_crosses_a_packed_sample():
