@@ -204,24 +204,25 @@ class Block(nn.Module):
         self.config = config
         self.norm_1 = make_norm(config, config.n_embd) if config.pre_norm else nn.Identity()
         self.attn = CausalSelfAttention(config, layer)
-        self.post_attention_norm = make_norm(config, config.n_embd) if config.post_attention_norm else nn.Identity()
+        # absent post-norms are None and skipped, not Identity modules called for nothing (60 calls a decode step)
+        self.post_attention_norm = make_norm(config, config.n_embd) if config.post_attention_norm else None
         needs_norm_2 = config.pre_norm and not config.shared_attention_norm
         self.norm_2 = make_norm(config, config.n_embd) if needs_norm_2 else nn.Identity()
         self.mlp = make_mlp(config)
-        self.post_mlp_norm = make_norm(config, config.n_embd) if config.post_mlp_norm else nn.Identity()
+        self.post_mlp_norm = make_norm(config, config.n_embd) if config.post_mlp_norm else None
 
     def forward(self, x: torch.Tensor, cos_sin, mask: MaskSpec) -> torch.Tensor:
-        c = self.config  # absent post-norms are skipped, not called as Identity (a decode step makes 60 such calls)
         x_normed = self.norm_1(x)
         attn_out = self.attn(x_normed, cos_sin, mask)
-        if c.post_attention_norm:
+        if self.post_attention_norm is not None:
             attn_out = self.post_attention_norm(attn_out)
-        if c.parallel_residual:
-            mlp_out = self.mlp(x_normed if c.shared_attention_norm else self.norm_2(x))
-            return x + attn_out + (self.post_mlp_norm(mlp_out) if c.post_mlp_norm else mlp_out)
+        post_mlp = self.post_mlp_norm
+        if self.config.parallel_residual:
+            mlp_out = self.mlp(x_normed if self.config.shared_attention_norm else self.norm_2(x))
+            return x + attn_out + (mlp_out if post_mlp is None else post_mlp(mlp_out))
         x = x + attn_out
         mlp_out = self.mlp(self.norm_2(x))
-        return x + (self.post_mlp_norm(mlp_out) if c.post_mlp_norm else mlp_out)
+        return x + (mlp_out if post_mlp is None else post_mlp(mlp_out))
 
 
 class CausalSelfAttention(nn.Module):
