@@ -451,6 +451,20 @@ def test_a_malformed_index_is_one_line_and_writes_nothing(hub, tmp_path, index, 
     assert not (tmp_path / "ckpt").exists()
 
 
+def test_an_oversized_index_is_refused_before_its_bytes_are_read(hub, tmp_path, monkeypatch):
+    """config.json and the index are read into memory: their announced size is capped (64 MiB; 1000 bytes here)."""
+    import litgpt_lite.download as download_module
+
+    monkeypatch.setattr(download_module, "_MAX_JSON_BYTES", 1000)  # config.json is ~700 bytes
+    index = json.dumps({"weight_map": {f"layer.{i}.weight": "model.safetensors" for i in range(100)}}).encode()
+    hub.listed_files["tiny/evil-index"] = {"model.safetensors.index.json": index}
+    message = f"tiny/evil-index/model.safetensors.index.json is {len(index)} bytes, too large for a JSON metadata file"
+    with pytest.raises(UserError, match=message):
+        download("tiny/evil-index", checkpoint_dir=tmp_path / "ckpt")
+    assert "model.safetensors.index.json" not in hub.fetched("GET")
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_refused_download_keeps_earlier_files_and_writes_no_new_ones(hub, tmp_path):
     """A folder left by an earlier run is not touched; the index is read from the local copy when it is there."""
     out = tmp_path / "ckpt" / "tiny" / "evil-index"
