@@ -2,7 +2,10 @@
 
 Only the files a checkpoint needs are fetched: config.json, generation_config.json, the tokenizer files and the
 weights (safetensors when the repo has them, `.bin` otherwise), each into `<checkpoint_dir>/<org>/<name>`. The
-architecture is checked from config.json before any weight is fetched. A weight file grows in
+architecture is checked from config.json before any weight is fetched. Every file name the Hub lists, and every
+shard an index file names, must be a plain relative path that stays inside the checkpoint folder: a listing or index
+that names anything else (`../x`, `/abs`, `a\\b`) is refused before the first byte is written, as is a repo whose
+config.json or index is unusable (they are read into memory and written only with the rest). A weight file grows in
 `<file>.incomplete` next to its final place and is renamed only once its size and sha256 match the Hub's, so an
 interrupted download resumes where it stopped (HTTP Range) on the next run, and a finished file is never fetched
 again.
@@ -14,6 +17,7 @@ This module imports neither torch nor huggingface_hub until it needs them: `litg
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -21,8 +25,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from litgpt_lite.errors import UserError
+from litgpt_lite.safe_paths import safe_join
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfFileMetadata
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -39,8 +48,10 @@ TOKENIZER_FILES = (
 )
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
-_REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
+# org/name as the Hub spells it: each part starts and ends with a word character, no `--` or `..` anywhere
+_REPO_ID = re.compile(r"^(?!.*(?:--|\.\.))\w(?:[\w.\-]*\w)?/\w(?:[\w.\-]{0,94}\w)?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MAX_JSON_BYTES = 64 << 20  # config.json and the index files are read into memory; the largest real index is ~10 MB
 
 
 def download(
@@ -83,7 +94,7 @@ def download(
         Config.from_name(model_name)  # an unknown name fails here, before any download
     hub = Hub(repo_id, token=_token(access_token), revision=revision)
     out_dir = Path(checkpoint_dir) / repo_id
-    files = hub.list_files()
+    files = _listed_files(hub, out_dir)
     if tokenizer_only:
         wanted = [f for f in TOKENIZER_FILES if f in files]
         if not wanted:
@@ -93,10 +104,9 @@ def download(
         return out_dir
     if "config.json" not in files:
         raise UserError(f"{repo_id} has no config.json: it is not a transformers model repo")
-    hub.fetch([f for f in CONFIG_FILES if f in files], out_dir)
-    _check_architecture(out_dir / "config.json", repo_id)
+    _check_architecture(hub.read_json("config.json", out_dir), repo_id)
     weights = _weight_files(hub, files, out_dir)
-    hub.fetch([f for f in TOKENIZER_FILES if f in files] + weights, out_dir)
+    hub.fetch([f for f in CONFIG_FILES + TOKENIZER_FILES if f in files] + weights, out_dir)  # the first write
     print(f"Saved {repo_id} to {out_dir}")
     if convert_checkpoint:
         from litgpt_lite.convert import convert_to_litgpt
@@ -140,6 +150,14 @@ def print_registered_names() -> None:
 
 
 # ---------------------------------------------------------------- which files
+def _listed_files(hub: Hub, out_dir: Path) -> dict[str, int]:
+    """The repo's {path: size}, once every listed path is known to stay inside `out_dir`."""
+    files = hub.list_files()
+    for name in files:  # a hostile or broken endpoint: refuse the whole repo before anything is written
+        safe_join(out_dir, name, f"The file list of {hub.repo_id} on {hub.endpoint}")
+    return files
+
+
 def _weight_files(hub: Hub, files: dict[str, int], out_dir: Path) -> list[str]:
     """The weight files to fetch: safetensors when there are any, else PyTorch `.bin`; an index names the shards."""
     for index, single, suffix in (
@@ -147,8 +165,12 @@ def _weight_files(hub: Hub, files: dict[str, int], out_dir: Path) -> list[str]:
         (BIN_INDEX, "pytorch_model.bin", ".bin"),
     ):
         if index in files:
-            hub.fetch([index], out_dir)
-            shards = sorted(set(_read_json(out_dir / index).get("weight_map", {}).values()))
+            weight_map = hub.read_json(index, out_dir).get("weight_map", {})
+            if not isinstance(weight_map, dict):
+                raise UserError(f"{hub.repo_id}: the weight_map of {index} is not a JSON object")
+            for shard in weight_map.values():
+                safe_join(out_dir, shard, f"{index} of {hub.repo_id}")
+            shards = sorted(set(weight_map.values()))
             missing = [s for s in shards if s not in files]
             if missing:
                 raise UserError(f"{hub.repo_id}: {index} names shards the repo does not have: {', '.join(missing)}")
@@ -163,20 +185,13 @@ def _weight_files(hub: Hub, files: dict[str, int], out_dir: Path) -> list[str]:
     raise UserError(f"{hub.repo_id} has no *.safetensors or *.bin weights at the top of the repo")
 
 
-def _check_architecture(config_path: Path, repo_id: str) -> None:
+def _check_architecture(hf_config: dict, repo_id: str) -> None:
     from litgpt_lite.convert.hf_config import architecture_of
 
     try:
-        architecture_of(_read_json(config_path))
+        architecture_of(hf_config)
     except UserError as e:
         raise UserError(f"{repo_id}: {e}") from None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
 
 
 def _token(access_token: str | None) -> str | None:
@@ -202,6 +217,7 @@ class Hub:
         self.commit: str | None = None
         self.gated = False
         self.sha256: dict[str, str] = {}
+        self._in_memory: dict[str, bytes] = {}  # verified files read by `read_json`, written by `fetch`
 
     def list_files(self) -> dict[str, int]:
         """{path: size} of every file at the revision; pins the revision to its commit for the fetches."""
@@ -219,27 +235,82 @@ class Hub:
             )
         files = {}
         for sibling in info.siblings or []:
+            if not isinstance(sibling.rfilename, str):  # the paths themselves are checked by the caller
+                raise UserError(f"The file list of {self.repo_id} on {self.endpoint} names a non-string file")
             files[sibling.rfilename] = sibling.size or 0
             if sibling.lfs is not None:
                 self.sha256[sibling.rfilename] = sibling.lfs.sha256
         return files
 
     def fetch(self, names: list[str], out_dir: Path) -> None:
-        """Download `names` into `out_dir`, skipping finished files and resuming partial ones."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            if not (out_dir / name).is_file():
-                self._fetch_one(name, out_dir / name)
+        """Download `names` into `out_dir`, skipping finished files and resuming partial ones.
 
-    def _fetch_one(self, name: str, dest: Path) -> None:
-        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        Every name is checked to stay inside `out_dir` before the first one is written.
+        """
+        dests = {name: safe_join(out_dir, name, f"The file list of {self.repo_id}") for name in names}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, dest in dests.items():
+            if dest.is_file():
+                continue
+            if name in self._in_memory:
+                partial = dest.with_name(dest.name + ".incomplete")
+                with self._errors(name):
+                    partial.write_bytes(self._in_memory.pop(name))
+                    partial.rename(dest)
+            else:
+                self._fetch_one(name, dest)
+
+    def read_json(self, name: str, out_dir: Path) -> dict:
+        """A small JSON file of the repo as a dict, read without writing anything.
+
+        The finished copy in `out_dir` when there is one, else the Hub's bytes, verified and kept in memory until
+        `fetch` writes them.
+        """
+        path = safe_join(out_dir, name, f"The file list of {self.repo_id}")
+        local = path.is_file()
+        data = path.read_bytes() if local else self._fetch_bytes(name)
+        where = path if local else f"{self.repo_id}/{name}"
+        try:
+            parsed = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{where} is not valid JSON: {e}") from None
+        if not isinstance(parsed, dict):
+            raise UserError(f"{where} is not a JSON object")
+        return parsed
+
+    def _fetch_bytes(self, name: str) -> bytes:
         from huggingface_hub.file_download import http_get
         from huggingface_hub.utils import build_hf_headers
+
+        meta, expected_sha = self._metadata(name)
+        if meta.size is not None and meta.size > _MAX_JSON_BYTES:
+            raise UserError(f"{self.repo_id}/{name} is {meta.size} bytes, too large for a JSON metadata file")
+        buffer = io.BytesIO()
+        with self._errors(name):
+            http_get(meta.location, buffer, headers=build_hf_headers(token=self.token or False),
+                     expected_size=meta.size, displayed_filename=name)  # fmt: skip
+        data = buffer.getvalue()
+        if (meta.size is not None and len(data) != meta.size) or (
+            expected_sha is not None and hashlib.sha256(data).hexdigest() != expected_sha
+        ):
+            raise UserError(f"{self.repo_id}/{name} does not match the size or sha256 the Hub announces: run again")
+        self._in_memory[name] = data
+        return data
+
+    def _metadata(self, name: str) -> tuple[HfFileMetadata, str | None]:
+        """The file's metadata from the Hub and the sha256 its bytes must have (None when the Hub gives none)."""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
         url = hf_hub_url(self.repo_id, name, revision=self.commit or self.revision, endpoint=self.endpoint)
         with self._errors(name):
             meta = get_hf_file_metadata(url, token=self.token or False, endpoint=self.endpoint)
-        expected_sha = self.sha256.get(name) or (meta.etag if meta.etag and _SHA256.match(meta.etag) else None)
+        return meta, self.sha256.get(name) or (meta.etag if meta.etag and _SHA256.match(meta.etag) else None)
+
+    def _fetch_one(self, name: str, dest: Path) -> None:
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
+
+        meta, expected_sha = self._metadata(name)
         partial = dest.with_name(dest.name + ".incomplete")
         headers = build_hf_headers(token=self.token or False)
         for _attempt in range(2):  # a partial file from another revision fails its checksum: start over once

@@ -13,12 +13,17 @@ unknown repo answers 404 `RepoNotFound`. No Xet headers are ever sent, so client
 Every request is recorded in `server.requests` so tests can assert what was (not) fetched.
 
 Layout of the folder: `<root>/<org>/<name>/<files...>`; `gated_tokens` maps a repo id to the token it accepts.
+
+A hostile endpoint: `listed_files[repo_id] = {name: bytes}` adds files a folder cannot hold (`../../x`, `/abs`,
+`a\\b`) to a repo's listings, and serves them at whatever path the client's request for `name` arrives as (HTTP
+clients remove the dot segments of a URL: `.../resolve/main/sub/../../x` comes in as `.../resolve/x`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,21 +46,28 @@ class Request:
 @dataclass
 class Repo:
     root: Path
-    files: dict[str, Path]
+    files: dict[str, Path | bytes]  # a file of the folder, or the bytes of a listed name no folder can hold
     sha: str
     gated_token: str | None = None
     _sha256: dict[str, str] = field(default_factory=dict)
 
+    def read(self, name: str) -> bytes:
+        source = self.files[name]
+        return source if isinstance(source, bytes) else source.read_bytes()
+
+    def size(self, name: str) -> int:
+        return len(self.read(name))
+
     def sha256(self, name: str) -> str:
         if name not in self._sha256:
-            self._sha256[name] = hashlib.sha256(self.files[name].read_bytes()).hexdigest()
+            self._sha256[name] = hashlib.sha256(self.read(name)).hexdigest()
         return self._sha256[name]
 
     def is_lfs(self, name: str) -> bool:
-        return name.endswith(LFS_SUFFIXES)
+        return isinstance(name, str) and name.endswith(LFS_SUFFIXES)
 
     def git_oid(self, name: str) -> str:
-        data = self.files[name].read_bytes()
+        data = self.read(name)
         return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
@@ -67,6 +79,7 @@ class HubServer:
         self.gated_tokens = dict(gated_tokens or {})
         self.requests: list[Request] = []
         self.cut_after: dict[str, int] = {}  # file name -> bytes to send before dropping the next GET of it
+        self.listed_files: dict[str, dict[str, bytes]] = {}  # repo id -> {name: bytes}, listed on top of the folder
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -101,10 +114,14 @@ class HubServer:
         folder = self.root / repo_id
         if repo_id.count("/") != 1 or not folder.is_dir():
             return None
-        files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+        files: dict[str, Path | bytes] = {
+            p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()
+        }
+        files.update(self.listed_files.get(repo_id, {}))
         digest = hashlib.sha1()
-        for name, path in files.items():
-            digest.update(name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
+        for name, source in files.items():
+            size = len(source) if isinstance(source, bytes) else source.stat().st_size
+            digest.update(str(name).encode() + b"\0" + str(size).encode() + b"\0")
         return Repo(folder, files, digest.hexdigest(), self.gated_tokens.get(repo_id))
 
     def record(self, request: Request) -> None:
@@ -138,7 +155,10 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.request_log = Request(self.command, path, self.headers.get("Range"), self.headers.get("Authorization"))
         self.hub.record(self.request_log)
         parts = path.strip("/").split("/")
-        if parts[:2] == ["api", "models"] and len(parts) >= 4:
+        listed = self._listed_file(path)
+        if listed is not None:
+            self._resolve(*listed, head)
+        elif parts[:2] == ["api", "models"] and len(parts) >= 4:
             self._api(parts[2:], head)
         elif parts[0] == "cdn" and len(parts) == 2:
             self._cdn(parts[1], head)
@@ -146,6 +166,16 @@ class _HubHandler(BaseHTTPRequestHandler):
             self._resolve(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]), head)
         else:
             self._error(404, "EntryNotFound", "Not found", head)
+
+    def _listed_file(self, path: str) -> tuple[str, str, str] | None:
+        """(repo id, revision, name) of an extra listed file that a request for `path` asks for, or None."""
+        for repo_id, names in self.hub.listed_files.items():
+            repo = self.hub.repo(repo_id)
+            for name in names if repo is not None else ():
+                for revision in ("main", repo.sha):
+                    if posixpath.normpath(f"/{repo_id}/resolve/{revision}/{name}") == posixpath.normpath(path):
+                        return repo_id, revision, name
+        return None
 
     def _api(self, parts: list[str], head: bool) -> None:
         repo = self.hub.repo("/".join(parts[:2]))
@@ -161,7 +191,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rest[1]}", head)
         siblings = []
         for name in repo.files:
-            sibling = {"rfilename": name, "size": repo.files[name].stat().st_size, "blobId": repo.git_oid(name)}
+            sibling = {"rfilename": name, "size": repo.size(name), "blobId": repo.git_oid(name)}
             if repo.is_lfs(name):
                 sibling["lfs"] = {"sha256": repo.sha256(name), "size": sibling["size"], "pointerSize": 134}
             siblings.append(sibling)
@@ -179,7 +209,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         self._json(info, head, repo)
 
     def _tree_entry(self, repo: Repo, name: str) -> dict:
-        size = repo.files[name].stat().st_size
+        size = repo.size(name)
         entry = {"type": "file", "path": name, "size": size, "oid": repo.git_oid(name)}
         if repo.is_lfs(name):
             entry["lfs"] = {"oid": repo.sha256(name), "size": size, "pointerSize": 134}
@@ -197,7 +227,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         if name not in repo.files:
             return self._error(404, "EntryNotFound", f"Entry not found: {name}", head, repo)
         if repo.is_lfs(name):  # the Hub sends LFS files from its CDN
-            size = repo.files[name].stat().st_size
+            size = repo.size(name)
             self.send_response(302)
             self.send_header("Location", f"{self.hub.url}/cdn/{repo.sha256(name)}")
             self.send_header("X-Repo-Commit", repo.sha)
@@ -207,7 +237,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        self._send_file(repo.files[name], name, head, {"X-Repo-Commit": repo.sha, "ETag": f'"{repo.git_oid(name)}"'})
+        self._send_file(repo.read(name), name, head, {"X-Repo-Commit": repo.sha, "ETag": f'"{repo.git_oid(name)}"'})
 
     def _authorized(self, repo: Repo, repo_id: str, head: bool) -> bool:
         auth = self.headers.get("Authorization")
@@ -229,7 +259,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             for name in repo.files:
                 if repo.is_lfs(name) and repo.sha256(name) == sha256:
                     self.request_log.file = name
-                    return self._send_file(repo.files[name], name, head, {"ETag": f'"{sha256}"'})
+                    return self._send_file(repo.read(name), name, head, {"ETag": f'"{sha256}"'})
         self._error(404, "EntryNotFound", "Not found", head)
 
     # ---- responses
@@ -237,8 +267,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.request_log.status = code
         super().send_response(code, message)
 
-    def _send_file(self, path: Path, name: str, head: bool, headers: dict[str, str]) -> None:
-        data = path.read_bytes()
+    def _send_file(self, data: bytes, name: str, head: bool, headers: dict[str, str]) -> None:
         start = _range_start(self.headers.get("Range"))
         if start is not None and start >= len(data):
             self.send_response(416)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from hub_server import HubServer  # noqa: E402
 from litgpt_lite.checkpoint import load_model  # noqa: E402
 from litgpt_lite.download import download, ensure_checkpoint  # noqa: E402
 from litgpt_lite.errors import UserError  # noqa: E402
+from litgpt_lite.safe_paths import UnsafePathError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GATED_TOKEN = "hf_the_right_token"
@@ -77,6 +79,12 @@ def repos(tmp_path_factory) -> Path:
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"], "model_type": "bert"}))
     (bert / "model.safetensors").write_bytes(b"\0" * 1024)
+    # hostile repos: the tests add the names no folder can hold through `HubServer.listed_files`
+    shutil.copytree(llama, root / "tiny" / "evil", ignore=shutil.ignore_patterns("*.bin", "original"))
+    for name, keep in (("evil-index", ("config.json", "tokenizer.json")), ("evil-loose", ("config.json",))):
+        (root / "tiny" / name).mkdir()
+        for file in keep:
+            shutil.copy(llama / file, root / "tiny" / name)
     return root
 
 
@@ -93,7 +101,9 @@ def hub(server, monkeypatch, tmp_path):
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     server.clear()
-    return server
+    server.listed_files.clear()
+    yield server
+    server.listed_files.clear()
 
 
 def _hub_env(server: HubServer, tmp_path: Path) -> dict[str, str]:
@@ -321,3 +331,171 @@ def test_cli_list_prints_the_registry_without_torch():
     assert proc.returncode == 0, proc.stderr
     names = proc.stdout.split()
     assert "SmolLM2-135M-Instruct" in names and "Llama-3.2-1B" in names and "gemma-3-27b-it" in names
+
+
+# ---------------------------------------------------------------- a hostile endpoint: names that leave the folder
+def _unsafe_names(tmp_path: Path) -> dict[str, str]:
+    """Names an endpoint could list, each aimed at a place outside `<tmp_path>/ckpt/tiny/<repo>`."""
+    victim = tmp_path / "victim"
+    return {
+        "climbs": "../" * 30 + (victim / "pwned").relative_to("/").as_posix(),
+        "dotdot_inside": "sub/../../x",
+        "absolute": (victim / "abs").as_posix(),
+        "backslash": "..\\x",
+    }
+
+
+def _refusal(source: str, name: object) -> str:
+    return f"^{re.escape(source)} names an unsafe file path {re.escape(repr(name))} \\(it "
+
+
+class _Disk:
+    """What a refused download may not change: the test's tmp folder, its parent, the victim folder, the targets."""
+
+    def __init__(self, tmp_path: Path, out_dir: Path, names: list) -> None:
+        self.tmp_path, self.out_dir = tmp_path, out_dir
+        (tmp_path / "victim").mkdir(exist_ok=True)
+        self.targets = [Path(os.path.normpath(out_dir / n)) for n in names if isinstance(n, str)]
+        self.before = self._listing()
+
+    def _listing(self) -> tuple[set[str], set[str]]:
+        ours = {p.name for p in self.tmp_path.iterdir()} - {"hf_home"}
+        return ours, {p.name for p in self.tmp_path.parent.iterdir()}
+
+    def assert_untouched(self) -> None:
+        assert not (self.tmp_path / "ckpt").exists()  # no checkpoint folder, not even an empty one
+        assert list((self.tmp_path / "victim").iterdir()) == []
+        assert [t for t in self.targets if os.path.lexists(t)] == []
+        assert self._listing() == self.before
+
+
+@pytest.mark.parametrize("kind", ["climbs", "dotdot_inside", "absolute", "backslash"])
+def test_a_listing_with_an_unsafe_name_is_refused_before_any_request(hub, tmp_path, kind):
+    name = _unsafe_names(tmp_path)[kind]
+    hub.listed_files["tiny/evil"] = {name: b"pwned"}  # a file the download does not need: still refused
+    disk = _Disk(tmp_path, tmp_path / "ckpt" / "tiny" / "evil", [name])
+
+    source = f"The file list of tiny/evil on {hub.url}"
+    with pytest.raises(UnsafePathError, match=_refusal(source, name)):
+        download("tiny/evil", checkpoint_dir=tmp_path / "ckpt")
+
+    assert hub.fetched("GET") == [] and hub.fetched("HEAD") == []
+    disk.assert_untouched()
+
+
+def test_a_listing_with_a_non_string_name_is_one_line(hub, tmp_path):
+    hub.listed_files["tiny/evil"] = {5: b"pwned"}
+    with pytest.raises(UserError, match=f"^The file list of tiny/evil on {hub.url} names a non-string file$"):
+        download("tiny/evil", checkpoint_dir=tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("repo_id", ["../..", "org/..", "./x", "org/.", ".x/y", "org/a..b", "org/-x", "org/x."])
+def test_a_repo_id_the_hub_cannot_have_is_refused_before_any_request(hub, tmp_path, repo_id):
+    with pytest.raises(UserError, match="is not a Hub repo id"):
+        download(repo_id, checkpoint_dir=tmp_path / "a" / "b")
+    assert hub.requests == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_loose_weight_with_a_backslash_is_refused(hub, repos, tmp_path):
+    """A top-level `*.safetensors` is fetched by its listed name: `..\\model.safetensors` is not a plain name."""
+    name = "..\\model.safetensors"
+    hub.listed_files["tiny/evil-loose"] = {name: (repos / "tiny" / "llama" / "model.safetensors").read_bytes()}
+    disk = _Disk(tmp_path, tmp_path / "ckpt" / "tiny" / "evil-loose", [name])
+
+    with pytest.raises(UnsafePathError, match=re.escape(f"{name!r} (it contains a backslash)")):
+        download("tiny/evil-loose", checkpoint_dir=tmp_path / "ckpt")
+    disk.assert_untouched()
+
+
+def test_tokenizer_only_refuses_an_unsafe_listing(hub, tmp_path):
+    name = _unsafe_names(tmp_path)["climbs"]
+    hub.listed_files["tiny/evil"] = {name: b"pwned"}
+    disk = _Disk(tmp_path, tmp_path / "ckpt" / "tiny" / "evil", [name])
+    with pytest.raises(UnsafePathError, match="The file list of tiny/evil"):
+        download("tiny/evil", checkpoint_dir=tmp_path / "ckpt", tokenizer_only=True)
+    disk.assert_untouched()
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "index_only"])
+@pytest.mark.parametrize("index", ["model.safetensors.index.json", "pytorch_model.bin.index.json"])
+@pytest.mark.parametrize("kind", ["climbs", "dotdot_inside", "absolute", "backslash", "not_a_string"])
+def test_an_index_naming_a_shard_outside_is_refused_before_any_write(hub, tmp_path, kind, index, listed):
+    """The shard names of an index are checked when the index is read (in memory), before anything is written."""
+    name = _unsafe_names(tmp_path).get(kind, 5)
+    legit = "model-00001-of-00002" + (".safetensors" if index.startswith("model.safetensors") else ".bin")
+    weight_map = {"model.embed_tokens.weight": legit, "lm_head.weight": name}
+    files = {index: json.dumps({"metadata": {}, "weight_map": weight_map}).encode(), legit: b"legit shard"}
+    if listed and isinstance(name, str):
+        files[name] = b"pwned"  # the endpoint also lists and serves it: the index then passes the "in repo" check
+    hub.listed_files["tiny/evil-index"] = files
+    disk = _Disk(tmp_path, tmp_path / "ckpt" / "tiny" / "evil-index", [name])
+
+    source = f"The file list of tiny/evil-index on {hub.url}" if name in files else f"{index} of tiny/evil-index"
+    with pytest.raises(UnsafePathError, match=_refusal(source, name)):
+        download("tiny/evil-index", checkpoint_dir=tmp_path / "ckpt")
+
+    assert set(hub.fetched("GET")) <= {"config.json", index}  # read into memory, never written; no shard fetched
+    disk.assert_untouched()
+
+
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [(b"[1, 2]", "model.safetensors.index.json is not a JSON object"), (b'{"weight_map": []}', "is not a JSON object")],
+)
+def test_a_malformed_index_is_one_line_and_writes_nothing(hub, tmp_path, index, message):
+    hub.listed_files["tiny/evil-index"] = {"model.safetensors.index.json": index}
+    with pytest.raises(UserError, match=message):
+        download("tiny/evil-index", checkpoint_dir=tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_an_oversized_index_is_refused_before_its_bytes_are_read(hub, tmp_path, monkeypatch):
+    """config.json and the index are read into memory: their announced size is capped (64 MiB; 1000 bytes here)."""
+    import litgpt_lite.download as download_module
+
+    monkeypatch.setattr(download_module, "_MAX_JSON_BYTES", 1000)  # config.json is ~700 bytes
+    index = json.dumps({"weight_map": {f"layer.{i}.weight": "model.safetensors" for i in range(100)}}).encode()
+    hub.listed_files["tiny/evil-index"] = {"model.safetensors.index.json": index}
+    message = f"tiny/evil-index/model.safetensors.index.json is {len(index)} bytes, too large for a JSON metadata file"
+    with pytest.raises(UserError, match=message):
+        download("tiny/evil-index", checkpoint_dir=tmp_path / "ckpt")
+    assert "model.safetensors.index.json" not in hub.fetched("GET")
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_refused_download_keeps_earlier_files_and_writes_no_new_ones(hub, tmp_path):
+    """A folder left by an earlier run is not touched; the index is read from the local copy when it is there."""
+    out = tmp_path / "ckpt" / "tiny" / "evil-index"
+    out.mkdir(parents=True)
+    (out / "config.json").write_bytes((hub.root / "tiny" / "evil-index" / "config.json").read_bytes())
+    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "/etc/x.safetensors"}}))
+    hub.listed_files["tiny/evil-index"] = {"model.safetensors.index.json": b"{}"}
+
+    with pytest.raises(UnsafePathError, match="model.safetensors.index.json of tiny/evil-index names an unsafe"):
+        download("tiny/evil-index", checkpoint_dir=tmp_path / "ckpt")
+    assert hub.fetched("GET") == []
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors.index.json"]
+
+
+@pytest.mark.parametrize(("kind", "placement"), [("climbs", "index"), ("absolute", "listing")])
+def test_cli_refuses_an_unsafe_name_in_one_line(server, tmp_path, kind, placement):
+    name = _unsafe_names(tmp_path)[kind]
+    repo = "tiny/evil-index" if placement == "index" else "tiny/evil"
+    files = {name: b"pwned"}
+    if placement == "index":
+        files["model.safetensors.index.json"] = json.dumps({"weight_map": {"lm_head.weight": name}}).encode()
+    server.listed_files[repo] = files
+    disk = _Disk(tmp_path, tmp_path / "ckpt" / repo, [name])
+    try:
+        proc = _cli(["download", repo, "--checkpoint_dir", str(tmp_path / "ckpt")], _hub_env(server, tmp_path))
+    finally:
+        server.listed_files.clear()
+
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: The file list of {repo} on {server.url} names an unsafe")
+    assert repr(name) in lines[0]
+    disk.assert_untouched()
