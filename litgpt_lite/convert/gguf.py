@@ -1,8 +1,10 @@
 """Import a GGUF file (llama.cpp, Ollama) as a litgpt_lite checkpoint directory: Llama, Gemma 2/3, Qwen 2/2.5, Qwen 3.
 
-The metadata becomes our `Config`, the tensors are dequantized one at a time (with `gguf.quants`) and renamed to
-ours, undoing what llama.cpp's converter did to them: the rotary permutation of Llama's q/k rows and the +1 folded
-into Gemma's norm weights. The vocabulary becomes tokenizer.json (see gguf_tokenizer.py).
+The metadata becomes our `Config`; the tensors are dequantized one at a time (with `gguf.quants`) and go through the
+same engine as Hugging Face weights, with a GGUF name table (`weight_maps.GGUF_MAPS`) whose transforms undo what
+llama.cpp's converter did: the rotary permutation of Llama's q/k rows and the +1 folded into Gemma's norm weights.
+The vocabulary becomes tokenizer.json (see gguf_tokenizer.py). The files written have fixed names; nothing in the
+GGUF names a path.
 """
 
 from __future__ import annotations
