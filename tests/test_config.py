@@ -71,7 +71,7 @@ def test_registry_covers_the_families_users_ask_for():
 def test_config_json_round_trip(name):
     """Writing an entry as an HF config.json and reading it back gives the entry: conversion both ways agrees."""
     config = Config.from_name(name)
-    back = Config(**{**config_from_hf(config_to_hf(config)), "name": name})
+    back = config_from_hf(config_to_hf(config), name=name)
     expected, got = _model_fields(config), _model_fields(back)
     if config.architecture == "Gemma3ForConditionalGeneration":  # written as its text model
         assert got.pop("architecture") == "Gemma3ForCausalLM"
@@ -129,7 +129,7 @@ def test_unknown_name_suggests_the_closest():
     assert "\n" not in message
 
 
-# ---------------------------------------------------------------- from_hf_config, both dialects
+# ---------------------------------------------------------------- config_from_hf, both dialects
 # Abridged config.json files as they are on the Hub (the older dialect: rope_theta / rope_scaling / patterns).
 HF_LEGACY = {
     "Llama-3.2-1B": {
@@ -339,33 +339,33 @@ def _to_v5_dialect(legacy: dict) -> dict:
 
 @pytest.mark.parametrize("name", sorted(HF_LEGACY))
 @pytest.mark.parametrize("dialect", ["legacy", "v5"])
-def test_from_hf_config_matches_the_registry(name, dialect):
+def test_config_from_hf_matches_the_registry(name, dialect):
     hf = HF_LEGACY[name] if dialect == "legacy" else _to_v5_dialect(HF_LEGACY[name])
-    assert _model_fields(Config.from_hf_config(hf)) == _model_fields(Config.from_name(name))
+    assert _model_fields(config_from_hf(hf)) == _model_fields(Config.from_name(name))
 
 
 @pytest.mark.parametrize("name", ["Llama-3.2-1B", "gemma-2-2b", "gemma-3-1b-it", "Qwen3-30B-A3B", "phi-2"])
-def test_from_hf_config_reads_what_transformers_writes(name):
+def test_config_from_hf_reads_what_transformers_writes(name):
     """Load the Hub file into transformers' own config class and save it again: the 5.x file reads the same."""
     transformers = pytest.importorskip("transformers")
     legacy = dict(HF_LEGACY[name])
     legacy.pop("_name_or_path")
     written = transformers.AutoConfig.for_model(legacy.pop("model_type"), **legacy).to_dict()
     assert "rope_parameters" in written
-    got = Config.from_hf_config(written, name=name)
+    got = config_from_hf(written, name=name)
     assert _model_fields(got) == _model_fields(Config.from_name(name))
 
 
-def test_from_hf_config_reads_a_folder(tmp_path):
+def test_config_from_hf_reads_a_folder(tmp_path):
     import json
 
     (tmp_path / "config.json").write_text(json.dumps(HF_LEGACY["Qwen2.5-0.5B"]))
-    assert Config.from_hf_config(tmp_path) == Config.from_hf_config(HF_LEGACY["Qwen2.5-0.5B"])
+    assert config_from_hf(tmp_path) == config_from_hf(HF_LEGACY["Qwen2.5-0.5B"])
 
 
-def test_from_hf_config_rejects_an_unsupported_architecture():
+def test_config_from_hf_rejects_an_unsupported_architecture():
     with pytest.raises(UserError, match="Unsupported architecture 'BertForMaskedLM'"):
-        Config.from_hf_config({"architectures": ["BertForMaskedLM"], "model_type": "bert"})
+        config_from_hf({"architectures": ["BertForMaskedLM"], "model_type": "bert"})
 
 
 # ---------------------------------------------------------------- files
@@ -386,6 +386,62 @@ def test_from_file_rejects_unknown_fields(tmp_path):
 def test_config_import_is_torch_free():
     code = (
         "import sys, litgpt_lite.config; from litgpt_lite.config import Config; Config.from_name('gemma-2-2b'); "
-        "assert 'torch' not in sys.modules, 'torch was imported'"
+        "assert 'torch' not in sys.modules, 'torch was imported'; "
+        "assert 'litgpt_lite.convert' not in sys.modules, 'the config imported convert'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+# ---------------------------------------------------------------- field checks: one clear line for a bad value
+BAD_FIELDS = [
+    ("n_layer", "two", "n_layer must be an integer; got 'two'"),
+    ("mlp_class", "os.system", "mlp_class must be one of GptNeoxMLP, LLaMAMLP, GemmaMLP, LLaMAMoE; got 'os.system'"),
+    ("norm_class", "FancyNorm", "norm_class must be one of RMSNorm, LayerNorm; got 'FancyNorm'"),
+    ("tie_embeddings", "yes please", "tie_embeddings must be true or false; got 'yes please'"),
+    ("head_size", 1.5, "head_size must be an integer or null; got 1.5"),
+    ("sliding_window_layers", [0, "1"], "sliding_window_layers must be a list of integers or null; got [0, '1']"),
+    ("rope_scaling", {"type": "ntk"}, "rope_scaling type must be one of linear, llama3, yarn, longrope; got 'ntk'"),
+    ("hf_config", "meta-llama", "hf_config must be a mapping; got 'meta-llama'"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), BAD_FIELDS, ids=[f for f, _, _ in BAD_FIELDS])
+def test_a_bad_field_value_is_one_clear_line(tmp_path, field, value, message):
+    import yaml
+
+    path = tmp_path / "model_config.yaml"
+    path.write_text(yaml.safe_dump({**Config.from_name("SmolLM2-135M-Instruct").to_dict(), field: value}))
+    with pytest.raises(ValueError) as raised:
+        Config.from_file(path)
+    assert str(raised.value) == f"{path}: {message}"
+    assert isinstance(raised.value, UserError)  # the CLI prints it as one line
+
+
+def test_float_fields_take_ints_and_yaml_exponent_strings(tmp_path):
+    path = tmp_path / "model_config.yaml"  # YAML 1.1 reads 1e-5 (no dot) as a string
+    path.write_text("n_layer: 2\nn_embd: 32\nn_head: 4\nnorm_eps: 1e-5\nrope_base: 10000\n")
+    config = Config.from_file(path)
+    assert config.norm_eps == 1e-5 and config.rope_base == 10000
+    path.write_text("n_layer: 2\nn_embd: 32\nn_head: 4\nnorm_eps: tiny\n")
+    with pytest.raises(ValueError, match="norm_eps must be a number; got 'tiny'"):
+        Config.from_file(path)
+
+
+@pytest.mark.parametrize(("field", "value"), [("n_layer", "two"), ("mlp_class", "os.system"), ("norm_class", "X")])
+def test_cli_reports_a_bad_model_config_in_one_line(tmp_path, capsys, field, value):
+    import yaml
+    from tiny_configs import tiny_llama
+    from tokenizer_fixtures import build_bpe_dir
+
+    from litgpt_lite.__main__ import main
+    from litgpt_lite.checkpoint import save_checkpoint
+    from litgpt_lite.model import GPT
+
+    config = tiny_llama()
+    ckpt = save_checkpoint(GPT(config), config, tmp_path / "ckpt", tokenizer_dir=build_bpe_dir(tmp_path / "tok"))
+    data = yaml.safe_load((ckpt / "model_config.yaml").read_text())
+    (ckpt / "model_config.yaml").write_text(yaml.safe_dump({**data, field: value}))
+    assert main(["generate", str(ckpt), "--prompt", "hi", "--max_new_tokens", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err, err
+    assert f"model_config.yaml: {field} must be" in err and repr(value) in err, err

@@ -51,22 +51,11 @@ def convert_to_litgpt(
     import torch
 
     from litgpt_lite.checkpoint import CONFIG, WEIGHTS, SafetensorsWriter, atomic_write_file, check_state_dict
-    from litgpt_lite.config import Config
     from litgpt_lite.convert.engine import convert_tensors
-    from litgpt_lite.convert.hf_config import architecture_of
     from litgpt_lite.model import GPT
 
-    if not checkpoint_dir.is_dir():
-        raise UserError(f"{checkpoint_dir} is not a directory with a Hugging Face model")
-    if not (checkpoint_dir / "config.json").is_file():
-        raise UserError(f"{checkpoint_dir} has no config.json: is it a Hugging Face model folder?")
-    hf_config = _read_json(checkpoint_dir / "config.json")
-    architecture = architecture_of(hf_config)
-    if model_name:
-        config = Config.from_name(model_name)
-    else:
-        config = Config.from_hf_config(hf_config, name=checkpoint_dir.name)
-    config.architecture = architecture
+    config = _hf_folder_config(checkpoint_dir, model_name)
+    architecture = config.architecture
     torch_dtype = getattr(torch, DTYPES[dtype]) if dtype else None
     if dtype and dtype not in DTYPES:
         raise UserError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(DTYPES)}")
@@ -182,6 +171,25 @@ def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | Non
 
 
 # ---------------------------------------------------------------- helpers
+def _hf_folder_config(checkpoint_dir: Path, model_name: str | None):
+    """Our Config for an HF model folder (from its config.json, or the registered `model_name`)."""
+    from litgpt_lite.config import Config
+    from litgpt_lite.convert.hf_config import architecture_of, config_from_hf
+
+    if not checkpoint_dir.is_dir():
+        raise UserError(f"{checkpoint_dir} is not a directory with a Hugging Face model")
+    if not (checkpoint_dir / "config.json").is_file():
+        raise UserError(f"{checkpoint_dir} has no config.json: is it a Hugging Face model folder?")
+    hf_config = _read_json(checkpoint_dir / "config.json")
+    architecture = architecture_of(hf_config)
+    if model_name:
+        config = Config.from_name(model_name)
+    else:
+        config = config_from_hf(hf_config, name=checkpoint_dir.name)
+    config.architecture = architecture
+    return config
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

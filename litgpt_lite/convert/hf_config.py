@@ -6,8 +6,11 @@ most Hub checkpoints have, and the one transformers 5.x writes (`rope_parameters
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from litgpt_lite.config import Config
 from litgpt_lite.errors import UserError
 
 # HF architecture -> (model_type, family defaults that the HF config does not spell out)
@@ -43,7 +46,29 @@ def architecture_of(hf: dict) -> str:
     raise UserError(f"Unsupported architecture {name!r}. Supported: {', '.join(ARCHITECTURES)}")
 
 
-def config_from_hf(hf: dict) -> dict[str, Any]:
+def config_from_hf(path_or_dict: str | Path | dict, **overrides: Any) -> Config:
+    """The `Config` of any HF checkpoint of a supported architecture, from its `config.json`.
+
+    Args:
+        path_or_dict: the parsed config.json, the file, or the folder holding it.
+        overrides: Config fields to set instead of what config.json says (e.g. `name`).
+    """
+    if isinstance(path_or_dict, dict):
+        hf = path_or_dict
+    else:
+        path = Path(path_or_dict)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise UserError(f"No config.json at {path}")
+        try:
+            hf = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON: {e}") from None
+    return Config(**{**config_fields_from_hf(hf), **overrides})
+
+
+def config_fields_from_hf(hf: dict) -> dict[str, Any]:
     """`Config` keyword arguments for the HF config dict `hf`."""
     arch = architecture_of(hf)
     if arch == "Gemma3ForConditionalGeneration":  # the text model of the multimodal checkpoint

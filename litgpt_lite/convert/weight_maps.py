@@ -1,6 +1,7 @@
-"""One declarative weight map per HF architecture. Each rule ties HF tensor names to ours, with the few transforms
-that are real (fuse q/k/v, split Phi-3's gate_up, undo GPT-NeoX/Falcon head interleaving). `engine.py` runs the
-same table in both directions, so the round trip holds by construction.
+"""One declarative weight map per architecture and file format (Hugging Face, GGUF). Each rule ties the other
+format's tensor names ("theirs") to ours, with the few transforms that are real (fuse q/k/v, split Phi-3's gate_up,
+undo GPT-NeoX/Falcon head interleaving, undo llama.cpp's q/k row permutation, take off the 1 llama.cpp folds into
+Gemma's norms). `engine.py` runs the same table in both directions, so the round trip holds by construction.
 
 Patterns use `{i}` for the layer and `{j}` for the expert index. A rule whose tensors a checkpoint lacks (biases some
 variants have, a tied lm_head) simply never fires; `checkpoint.check_state_dict` then reports what the config needed.
@@ -15,9 +16,9 @@ import torch
 
 @dataclass(frozen=True)
 class Rule:
-    hf: tuple[str, ...]  # HF tensor names (patterns)
+    theirs: tuple[str, ...]  # the other format's tensor names (patterns): HF or GGUF
     lit: tuple[str, ...]  # our tensor names (patterns)
-    transform: str = "rename"  # rename | fuse_qkv | split_halves | neox_qkv | falcon_qkv
+    transform: str = "rename"  # rename | fuse_qkv | split_halves | neox_qkv | falcon_qkv | gguf_qkv | unit_offset
     when: str | None = None  # applies only when this Config field is truthy ("!field": falsy)
 
     def applies(self, config) -> bool:
@@ -27,8 +28,8 @@ class Rule:
         return bool(getattr(config, self.when.lstrip("!"))) != negate
 
 
-def rename(hf: str, lit: str, when: str | None = None) -> Rule:
-    return Rule((hf,), (lit,), when=when)
+def rename(theirs: str, lit: str, when: str | None = None) -> Rule:
+    return Rule((theirs,), (lit,), when=when)
 
 
 def fuse_qkv(hf_prefix: str, lit: str, suffix: str = "weight") -> Rule:
@@ -64,6 +65,22 @@ def _falcon_perm(config) -> torch.Tensor:
     return torch.cat((q, k, v))
 
 
+def _gguf_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """llama.cpp's q/k row order: within each head, the two rotary halves interleaved row by row."""
+    rows = weight.shape[0]
+    return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+def _gguf_unpermute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo `_gguf_permute`: back to HF's (and our) order, each head's rotary halves in two blocks."""
+    rows = weight.shape[0]
+    return weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+# transforms that do arithmetic on the values: the engine hands them float32 and casts their result afterwards
+FLOAT32_TRANSFORMS = frozenset({"unit_offset"})
+
+
 def to_lit(rule: Rule, config, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     if rule.transform == "rename":
         return tensors
@@ -74,10 +91,15 @@ def to_lit(rule: Rule, config, tensors: list[torch.Tensor]) -> list[torch.Tensor
     if rule.transform in ("neox_qkv", "falcon_qkv"):
         perm = (_neox_perm if rule.transform == "neox_qkv" else _falcon_perm)(config)
         return [tensors[0][perm]]
+    if rule.transform == "gguf_qkv":
+        q, k, v = tensors
+        return [torch.cat((_gguf_unpermute(q, config.n_head), _gguf_unpermute(k, config.n_query_groups), v), dim=0)]
+    if rule.transform == "unit_offset":  # llama.cpp stores Gemma's (1 + w); our RMSNorm adds the 1 itself
+        return [(tensors[0].float() - 1.0).to(tensors[0].dtype)]
     raise ValueError(rule.transform)
 
 
-def to_hf(rule: Rule, config, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+def to_theirs(rule: Rule, config, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     if rule.transform == "rename":
         return tensors
     if rule.transform == "fuse_qkv":
@@ -87,6 +109,11 @@ def to_hf(rule: Rule, config, tensors: list[torch.Tensor]) -> list[torch.Tensor]
     if rule.transform in ("neox_qkv", "falcon_qkv"):
         perm = (_neox_perm if rule.transform == "neox_qkv" else _falcon_perm)(config)
         return [tensors[0][torch.argsort(perm)]]
+    if rule.transform == "gguf_qkv":
+        q, k, v = tensors[0].split(_qkv_sizes(config), dim=0)
+        return [_gguf_permute(q, config.n_head), _gguf_permute(k, config.n_query_groups), v]
+    if rule.transform == "unit_offset":
+        return [(tensors[0].float() + 1.0).to(tensors[0].dtype)]
     raise ValueError(rule.transform)
 
 
@@ -265,3 +292,48 @@ WEIGHT_MAPS: dict[str, list[Rule]] = {
 HF_PREFIX_ALIASES = {
     "Gemma3ForConditionalGeneration": (("model.language_model.", "model."), ("language_model.model.", "model.")),
 }
+
+
+# ---------------------------------------------------------------- GGUF maps (llama.cpp's tensor names)
+B = "blk.{i}"
+
+
+def _gguf_core(qkv: str, norm: str = "rename") -> list[Rule]:
+    """What every GGUF family shares: embeddings, the final norm, attention and the gated MLP."""
+    return [
+        rename("token_embd.weight", "transformer.wte.weight"),
+        Rule(("output_norm.weight",), ("transformer.ln_f.weight",), norm),
+        rename("output.weight", "lm_head.weight"),  # absent when tied
+        Rule((f"{B}.attn_norm.weight",), (f"{L}.norm_1.weight",), norm),
+        Rule((f"{B}.ffn_norm.weight",), (f"{L}.norm_2.weight",), norm),
+        Rule(tuple(f"{B}.attn_{p}.weight" for p in "qkv"), (f"{L}.attn.qkv.weight",), qkv),
+        Rule(tuple(f"{B}.attn_{p}.bias" for p in "qkv"), (f"{L}.attn.qkv.bias",), qkv),
+        rename(f"{B}.attn_output.weight", f"{L}.attn.proj.weight"),
+        rename(f"{B}.ffn_gate.weight", f"{L}.mlp.fc_1.weight"),
+        rename(f"{B}.ffn_up.weight", f"{L}.mlp.fc_2.weight"),
+        rename(f"{B}.ffn_down.weight", f"{L}.mlp.proj.weight"),
+    ]
+
+
+def _gguf_qk_norms(norm: str = "rename") -> list[Rule]:
+    return [
+        Rule((f"{B}.attn_q_norm.weight",), (f"{L}.attn.norm_q.weight",), norm),
+        Rule((f"{B}.attn_k_norm.weight",), (f"{L}.attn.norm_k.weight",), norm),
+    ]
+
+
+GGUF_GEMMA2 = [  # every Gemma norm is stored as (1 + w)
+    *_gguf_core("fuse_qkv", norm="unit_offset"),
+    Rule((f"{B}.post_attention_norm.weight",), (f"{L}.post_attention_norm.weight",), "unit_offset"),
+    Rule((f"{B}.post_ffw_norm.weight",), (f"{L}.post_mlp_norm.weight",), "unit_offset"),
+]
+
+GGUF_MAPS: dict[str, list[Rule]] = {  # keyed by the GGUF's general.architecture
+    "llama": _gguf_core("gguf_qkv"),  # llama.cpp permutes Llama's q/k rows (for its own RoPE kernel)
+    "qwen2": _gguf_core("fuse_qkv"),  # Qwen keeps HF's row order
+    "qwen3": [*_gguf_core("fuse_qkv"), *_gguf_qk_norms()],
+    "gemma2": GGUF_GEMMA2,
+    "gemma3": [*GGUF_GEMMA2, *_gguf_qk_norms("unit_offset")],
+}
+# GGUF tensors that hold no weight of ours: llama.cpp's Llama 3 RoPE divisors, which become Config.rope_scaling
+GGUF_FOLDED_INTO_CONFIG = frozenset({"rope_freqs.weight"})

