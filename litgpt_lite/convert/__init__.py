@@ -30,16 +30,23 @@ def convert_to_litgpt(
     model_name: str | None = None,
     dtype: str | None = None,
     out_dir: Path | None = None,
+    base: Path | None = None,
 ) -> Path:
-    """Convert a Hugging Face model folder (or a .gguf file) into a litgpt_lite checkpoint directory.
+    """Convert a Hugging Face model folder (or a .gguf file, or a PEFT adapter) into a litgpt_lite checkpoint directory.
 
     Args:
-        checkpoint_dir: HF folder with config.json and *.safetensors (single or sharded) or *.bin, or a .gguf file.
+        checkpoint_dir: HF folder with config.json and *.safetensors (single or sharded) or *.bin, or a .gguf file,
+            or a PEFT LoRA/DoRA adapter folder (adapter_config.json), which becomes a LoRA dir over `base`.
         model_name: a registered config name to use instead of reading config.json.
         dtype: store the weights in this dtype (float32, bf16, fp16); default keeps the source dtype.
         out_dir: where to write; default converts in place, next to the HF files.
+        base: for a PEFT adapter: the litgpt_lite checkpoint dir of the model it was trained on.
     """
     checkpoint_dir = Path(checkpoint_dir)
+    if base is not None or (checkpoint_dir / "adapter_config.json").is_file():
+        from litgpt_lite.convert.peft import convert_peft_adapter
+
+        return convert_peft_adapter(checkpoint_dir, base, model_name=model_name, dtype=dtype, out_dir=out_dir)
     from litgpt_lite.convert.gguf import is_gguf_file
 
     if checkpoint_dir.suffix == ".gguf" or is_gguf_file(checkpoint_dir):  # Ollama's blobs have no suffix
@@ -112,14 +119,26 @@ def convert_to_litgpt(
     return out_dir
 
 
-def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | None = None) -> Path:
+def convert_from_litgpt(
+    checkpoint_dir: Path, output_dir: Path, dtype: str | None = None, merge: bool | None = None
+) -> Path:
     """Write a complete Hugging Face folder that `AutoModelForCausalLM.from_pretrained` loads directly.
 
     Args:
-        checkpoint_dir: a litgpt_lite checkpoint directory.
+        checkpoint_dir: a litgpt_lite checkpoint directory, or a LoRA fine-tuning output dir.
         output_dir: the HF folder to write (config.json, model.safetensors sharded past 5 GB, tokenizer files).
         dtype: store the weights in this dtype (float32, bf16, fp16); default keeps the checkpoint's dtype.
+        merge: for a LoRA dir: false writes a PEFT adapter folder (adapter_config.json, adapter_model.safetensors)
+            for the base's HF export; true merges the adapters into the base and writes the full model. Default:
+            the PEFT adapter for a dir holding adapters only, the full model for a dir with full weights.
     """
+    from litgpt_lite.convert.peft import export_kind, export_peft
+
+    kind = export_kind(checkpoint_dir, merge)
+    if kind == "peft":
+        return export_peft(checkpoint_dir, output_dir, dtype=dtype)
+    if kind == "merge":
+        return _convert_merged_lora(Path(checkpoint_dir), Path(output_dir), dtype)
     import torch
     from tqdm import tqdm
 
@@ -182,6 +201,18 @@ def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | Non
 
 
 # ---------------------------------------------------------------- helpers
+def _convert_merged_lora(lora_dir: Path, output_dir: Path, dtype: str | None) -> Path:
+    """A LoRA dir's adapters merged into its base (a temporary full checkpoint), written as a full HF model."""
+    import tempfile
+
+    from litgpt_lite.lora import merge_lora_cli
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output_dir.name}.merge-", dir=output_dir.parent) as tmp:
+        merge_lora_cli(lora_dir, out_dir=Path(tmp) / "merged")
+        return convert_from_litgpt(Path(tmp) / "merged", output_dir, dtype=dtype)
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
