@@ -168,7 +168,7 @@ def export_peft(checkpoint_dir: Path, output_dir: Path, dtype: str | None = None
             if dtype:
                 tensor = tensor.to(getattr(torch, DTYPES[dtype]))
             tensors[f"{PEFT_PREFIX}{hf_module}.{kind}"] = tensor.contiguous()
-    adapter_config = peft_config(cfg, ranks, set(sources), config, base)
+    adapter_config = peft_config(cfg, ranks, set(sources), config)
     with atomic_dir(Path(output_dir)) as tmp:
         save_state_dict(tensors, tmp / ADAPTER_WEIGHTS)
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2) + "\n")
@@ -215,7 +215,7 @@ def peft_pair(
     return out
 
 
-def peft_config(cfg: LoRAConfig, ranks: dict[str, int], hf_modules: set[str], config, base: Path) -> dict:
+def peft_config(cfg: LoRAConfig, ranks: dict[str, int], hf_modules: set[str], config) -> dict:
     """adapter_config.json: rank and alpha per module such that each one's alpha / r is ours."""
     groups: dict[str, list[str]] = {}
     for module in ranks:
@@ -235,7 +235,7 @@ def peft_config(cfg: LoRAConfig, ranks: dict[str, int], hf_modules: set[str], co
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": f"{hub['org']}/{hub['name']}" if hub.get("org") else str(base),
+        "base_model_name_or_path": f"{hub['org']}/{hub['name']}" if hub.get("org") and hub.get("name") else None,
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
@@ -330,18 +330,20 @@ def read_peft_weights(peft_dir: Path, architecture: str) -> dict[str, dict[str, 
         raise UserError(f"{peft_dir} has no {ADAPTER_WEIGHTS} (or adapter_model.bin)")
     modules: dict[str, dict[str, torch.Tensor]] = {}
     part = re.compile(r"^(.+)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector)(?:\.weight)?$")
-    for key, tensor in state.items():
+    other = re.compile(r"^(.+?)\.(lora_\w+|base_layer)")  # an embedding's lora_embedding_A, a saved base copy
+    for key in sorted(state, key=lambda k: ".lora_" not in k):  # name an adapter before a saved base weight
         name = key.removeprefix(PEFT_PREFIX)
         for old, new in HF_PREFIX_ALIASES.get(architecture, ()):
             name = new + name[len(old) :] if name.startswith(old) else name
         match = part.match(name)
         if match is None:
-            module = name.split(".lora_")[0]
+            found = other.match(name)
+            what = f"{found[1]} ({found[2]})" if found else name
             raise UserError(
-                f"{path} adapts {module} with {key.rsplit('.', 2)[-2]}, which litgpt_lite cannot take: "
-                "only LoRA/DoRA on Linear layers converts"
+                f"{path} adapts {what}, which litgpt_lite LoRA cannot take: it converts LoRA/DoRA on the attention "
+                "and MLP Linear layers and lm_head"
             )
-        modules.setdefault(match[1], {})[match[2]] = tensor.float() if tensor.dtype == torch.float64 else tensor
+        modules.setdefault(match[1], {})[match[2]] = state[key]
     for module, parts in modules.items():
         if "lora_A.weight" not in parts or "lora_B.weight" not in parts:
             raise UserError(f"{path} has {module}'s {sorted(parts)[0]} without its lora_A/lora_B partner")
