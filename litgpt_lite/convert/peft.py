@@ -136,7 +136,7 @@ def export_kind(checkpoint_dir: Path, merge: bool | None) -> str:
     return "merge" if adapters and not full else "full"
 
 
-def export_peft(checkpoint_dir: Path, output_dir: Path, dtype: str | None = None) -> Path:
+def export_peft(checkpoint_dir: Path, output_dir: Path, dtype: torch.dtype | None = None) -> Path:
     """Write a LoRA output dir's adapters as a PEFT adapter folder for the base's Hugging Face export.
 
     Args:
@@ -144,13 +144,9 @@ def export_peft(checkpoint_dir: Path, output_dir: Path, dtype: str | None = None
         output_dir: the folder to write (adapter_config.json, adapter_model.safetensors, tokenizer files).
         dtype: store the adapters in this dtype; default keeps theirs.
     """
-    from litgpt_lite.convert import DTYPES
-
     checkpoint_dir = Path(checkpoint_dir)
     cfg, base, _ = read_lora_dir(checkpoint_dir, None)
     config = load_config(checkpoint_dir if (checkpoint_dir / CONFIG).is_file() else base)
-    if dtype and dtype not in DTYPES:
-        raise UserError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(DTYPES)}")
     adapters = read_safetensors(checkpoint_dir / LORA_WEIGHTS)
     targets = checked_lora_modules(config, cfg, adapters, source=str(checkpoint_dir / LORA_WEIGHTS))
     experts = next((n for n in targets if ".experts." in n), None)
@@ -165,8 +161,8 @@ def export_peft(checkpoint_dir: Path, output_dir: Path, dtype: str | None = None
             continue
         ranks[hf_module] = pair["lora_A.weight"].shape[0]
         for kind, tensor in pair.items():
-            if dtype:
-                tensor = tensor.to(getattr(torch, DTYPES[dtype]))
+            if dtype is not None:
+                tensor = tensor.to(dtype)
             tensors[f"{PEFT_PREFIX}{hf_module}.{kind}"] = tensor.contiguous()
     adapter_config = peft_config(cfg, ranks, set(sources), config)
     with atomic_dir(Path(output_dir)) as tmp:
@@ -257,22 +253,15 @@ def peft_config(cfg: LoRAConfig, ranks: dict[str, int], hf_modules: set[str], co
 def convert_peft_adapter(
     peft_dir: Path,
     base: Path | None,
-    model_name: str | None = None,
-    dtype: str | None = None,
+    dtype: torch.dtype | None = None,
     out_dir: Path | None = None,
 ) -> Path:
     """Turn a PEFT LoRA/DoRA adapter folder into one of our LoRA output dirs over the base checkpoint `base`."""
-    from litgpt_lite.convert import DTYPES
-
     peft_dir = Path(peft_dir)
     if not (peft_dir / ADAPTER_CONFIG).is_file():
         raise UserError(f"--base is for a PEFT adapter folder, and {peft_dir} has no {ADAPTER_CONFIG}")
     if base is None:
         raise UserError(f"{peft_dir} is a PEFT adapter: pass --base with the litgpt_lite checkpoint it was trained on")
-    if model_name:
-        raise UserError("--model_name does not apply to a PEFT adapter: the model comes from --base")
-    if dtype and dtype not in DTYPES:
-        raise UserError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(DTYPES)}")
     base = validate_checkpoint_dir(base)
     config = load_config(base)
     settings = read_peft_config(peft_dir)
@@ -283,8 +272,8 @@ def convert_peft_adapter(
     sources = row_sources(config, {h: shape[0] for h, shape in hf_shapes.items()}, to="lit")
     cfg = lora_config_for(config, sources, hf_names, modules, settings)
     state = our_adapters(config, cfg, sources, hf_names, modules, settings, base)
-    if dtype:
-        state = {k: v.to(getattr(torch, DTYPES[dtype])) for k, v in state.items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
     checked_lora_modules(config, cfg, state, source=f"the adapters converted from {peft_dir}")
     out_dir = Path(out_dir) if out_dir is not None else peft_dir
     write_lora_dir(out_dir, cfg, state, base, peft_dir)
