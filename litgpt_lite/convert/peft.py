@@ -268,6 +268,7 @@ def convert_peft_adapter(
     modules = read_peft_weights(peft_dir, config.architecture)
     hf_shapes = hf_linear_shapes(config)
     check_peft_modules(peft_dir, modules, hf_shapes, config)
+    check_base_copies(peft_dir, modules, config, base)
     hf_names = list(hf_shapes)
     sources = row_sources(config, {h: shape[0] for h, shape in hf_shapes.items()}, to="lit")
     cfg = lora_config_for(config, sources, hf_names, modules, settings)
@@ -318,7 +319,8 @@ def read_peft_weights(peft_dir: Path, architecture: str) -> dict[str, dict[str, 
     else:
         raise UserError(f"{peft_dir} has no {ADAPTER_WEIGHTS} (or adapter_model.bin)")
     modules: dict[str, dict[str, torch.Tensor]] = {}
-    part = re.compile(r"^(.+)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector)(?:\.weight)?$")
+    # PEFT saves the frozen weight of a targeted lm_head beside its adapter: base_layer.weight
+    part = re.compile(r"^(.+)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|base_layer\.weight)(?:\.weight)?$")
     other = re.compile(r"^(.+?)\.(lora_\w+|base_layer)")  # an embedding's lora_embedding_A, a saved base copy
     for key in sorted(state, key=lambda k: ".lora_" not in k):  # name an adapter before a saved base weight
         name = key.removeprefix(PEFT_PREFIX)
@@ -334,9 +336,38 @@ def read_peft_weights(peft_dir: Path, architecture: str) -> dict[str, dict[str, 
             )
         modules.setdefault(match[1], {})[match[2]] = state[key]
     for module, parts in modules.items():
+        if set(parts) == {"base_layer.weight"}:
+            raise UserError(f"{path} saves a full copy of {module} (a resized vocabulary?), which LoRA cannot take")
         if "lora_A.weight" not in parts or "lora_B.weight" not in parts:
             raise UserError(f"{path} has {module}'s {sorted(parts)[0]} without its lora_A/lora_B partner")
     return modules
+
+
+def check_base_copies(peft_dir: Path, modules: dict, config, base: Path) -> None:
+    """PEFT's saved copies of frozen weights (base_layer.weight) must be the base's own; then they are dropped."""
+    copies = {h: parts.pop("base_layer.weight") for h, parts in modules.items() if "base_layer.weight" in parts}
+    if not copies:
+        return
+    ours = linear_shapes(config)
+    names = list(ours)
+    sources = row_sources(config, {n: shape[0] for n, shape in ours.items()}, to="hf")
+    weights = base_weights(base, {names[k] for h in copies for k in sources[h][:, 0].unique().tolist()}, config)
+    for h, copy in copies.items():
+        index = sources[h]
+        weight = torch.stack([weights[names[k]][row] for k, row in index.tolist()])
+        if weight.shape != copy.shape or not torch.equal(weight.to(copy.dtype), copy):
+            raise UserError(
+                f"{peft_dir} carries changed weights for {h} (base_layer.weight), not the base's: "
+                "was it trained on another base, or with a resized vocabulary?"
+            )
+
+
+def base_weights(base: Path, names: set[str], config) -> dict[str, torch.Tensor]:
+    """{module: weight} of some Linear modules of the base checkpoint (a tied lm_head reads the embedding)."""
+    wanted = {f"{n}.weight": n for n in names}
+    if "lm_head" in names and config.tie_embeddings:
+        wanted["transformer.wte.weight"] = "lm_head"
+    return {wanted[name]: load() for name, load in iter_checkpoint_tensors(base) if name in wanted}
 
 
 def check_peft_modules(peft_dir: Path, modules: dict, hf_shapes: dict[str, tuple[int, int]], config) -> None:
@@ -456,14 +487,10 @@ def magnitudes(config, targets, sources, hf_names, modules, base: Path, dtype) -
         if magnitude.isnan().any():
             need_base.add(name)
         out[f"{name}.lora_magnitude"] = magnitude
-    weight_of = {f"{n}.weight": n for n in need_base}
-    if "lm_head" in need_base and config.tie_embeddings:
-        weight_of["transformer.wte.weight"] = "lm_head"
-    for tensor_name, load in iter_checkpoint_tensors(base) if need_base else ():
-        if tensor_name in weight_of:
-            magnitude = out[f"{weight_of[tensor_name]}.lora_magnitude"]
-            norm = load().float().norm(dim=1).to(dtype)  # as LoRALinear computes it at injection
-            magnitude[magnitude.isnan()] = norm[magnitude.isnan()]
+    for name, weight in base_weights(base, need_base, config).items() if need_base else ():
+        magnitude = out[f"{name}.lora_magnitude"]
+        norm = weight.float().norm(dim=1).to(dtype)  # as LoRALinear computes it at injection
+        magnitude[magnitude.isnan()] = norm[magnitude.isnan()]
     return out
 
 

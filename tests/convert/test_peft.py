@@ -32,41 +32,54 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+TINY = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+ARCHITECTURES = {  # GQA throughout, so the q block and the k/v blocks differ in size
+    "llama": ("LlamaConfig", dict(num_key_value_heads=2)),
+    "llama_tied": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=True)),
+    "phi3": ("Phi3Config", dict(num_key_value_heads=2, pad_token_id=0)),  # HF fuses qkv_proj and gate_up_proj
+    "neox": ("GPTNeoXConfig", dict(rotary_pct=0.25)),  # HF interleaves q/k/v per head in query_key_value
+}
+
+
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(our checkpoint dir, its convert_from_litgpt HF export) of a tiny random-init Llama with GQA."""
-    tmp = tmp_path_factory.mktemp("tiny_llama")
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():  # norms away from 1 so a mixed-up row cannot hide
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(1, 0.3)
-    model.save_pretrained(tmp / "hf_src")
-    convert_to_litgpt(tmp / "hf_src", out_dir=tmp / "lit")
-    convert_from_litgpt(tmp / "lit", tmp / "hf")
-    return tmp / "lit", tmp / "hf"
+def tiny_models(tmp_path_factory):
+    """arch -> (our checkpoint dir, its convert_from_litgpt HF export) of a tiny random-init model, built once."""
+    made = {}
+
+    def make(arch: str = "llama"):
+        if arch not in made:
+            tmp = tmp_path_factory.mktemp(arch)
+            cls_name, extra = ARCHITECTURES[arch]
+            config = getattr(transformers, cls_name)(**TINY, **extra, bos_token_id=1, eos_token_id=2)
+            torch.manual_seed(0)
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            with torch.no_grad():  # norms away from 1 so a mixed-up row cannot hide
+                for name, p in model.named_parameters():
+                    if "norm" in name and name.endswith("weight"):
+                        p.normal_(1, 0.3)
+            model.save_pretrained(tmp / "hf_src")
+            convert_to_litgpt(tmp / "hf_src", out_dir=tmp / "lit")
+            convert_from_litgpt(tmp / "lit", tmp / "hf")
+            made[arch] = tmp / "lit", tmp / "hf"
+        return made[arch]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_models):
+    return tiny_models("llama")
 
 
 def _tokens(vocab: int = VOCAB) -> torch.Tensor:
     return torch.randint(0, vocab, (2, 9), generator=torch.Generator().manual_seed(1))
 
 
-def _our_lora_dir(base, out_dir, dora: bool, key: bool = True, seed: int = 3, std: float = 0.2):
+def _our_lora_dir(base, out_dir, dora: bool, key: bool = True, seed: int = 3, std: float = 0.2, head: bool = False):
     """A LoRA output dir of ours with random nonzero B (and, for DoRA, magnitudes away from the row norms)."""
     model = load_model(base)
-    cfg = LoRAConfig(r=4, alpha=8, query=True, key=key, value=True, projection=True, mlp=True, dora=dora)
+    flags = dict(query=True, key=key, value=True, projection=True, mlp=True, head=head)
+    cfg = LoRAConfig(r=4, alpha=8, dora=dora, **flags)
     inject_lora(model, cfg)
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -87,17 +100,31 @@ def _peft_logits(hf_dir, adapter_dir, idx):
     """PEFT's logits, after checking it loads every adapter tensor and finds none missing."""
     base = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model = peft.PeftModel.from_pretrained(base, adapter_dir).eval()
-    wanted = set(peft.get_peft_model_state_dict(model))
+    wanted = set(peft.get_peft_model_state_dict(model, save_embedding_layers=False))  # the base's own lm_head stays
     assert set(read_safetensors(adapter_dir / "adapter_model.safetensors")) == wanted
     with torch.no_grad():
         return model(idx).logits
 
 
-@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
-def test_ours_to_peft_and_back(tiny, tmp_path, dora):
-    """For DoRA the key block has no adapter but a trained magnitude: PEFT gets a zero pair on k_proj carrying it."""
-    lit, hf = tiny
-    lora = _our_lora_dir(lit, tmp_path / "lora", dora=dora, key=not dora)
+PHI3_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+NEOX_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+OURS_CASES = {  # arch, DoRA, key block adapted, lm_head adapted, PEFT target_modules, PEFT rank_pattern
+    "llama": ("llama", False, True, False, LLAMA_TARGETS, {}),
+    # the key block has no adapter but a trained DoRA magnitude: PEFT gets a zero pair on k_proj carrying it
+    "llama-dora": ("llama", True, False, False, LLAMA_TARGETS, {}),
+    "llama_tied-head": ("llama_tied", False, True, True, [*LLAMA_TARGETS, "lm_head"], {}),
+    # fused on HF's side: q, k and v blocks side by side in qkv_proj (rank 12), fc_1 and fc_2 in gate_up_proj (8)
+    "phi3": ("phi3", False, True, False, PHI3_TARGETS, dict(qkv_proj=12, gate_up_proj=8)),
+    "phi3-dora": ("phi3", True, False, False, PHI3_TARGETS, dict(qkv_proj=8, gate_up_proj=8)),
+    "neox-dora": ("neox", True, True, False, NEOX_TARGETS, dict(query_key_value=12)),
+}
+
+
+@pytest.mark.parametrize("case", list(OURS_CASES))
+def test_ours_to_peft_and_back(tiny_models, tmp_path, case):
+    arch, dora, key, head, targets, ranks = OURS_CASES[case]
+    lit, hf = tiny_models(arch)
+    lora = _our_lora_dir(lit, tmp_path / "lora", dora=dora, key=key, head=head)
     idx = _tokens()
     expected = _ours(lora, idx)
     assert not torch.allclose(expected, load_model(lit)(idx).detach()[..., :VOCAB])  # the adapters do change the logits
@@ -106,10 +133,13 @@ def test_ours_to_peft_and_back(tiny, tmp_path, dora):
     settings = json.loads((out / "adapter_config.json").read_text())
     assert settings["peft_type"] == "LORA" and settings["task_type"] == "CAUSAL_LM" and settings["bias"] == "none"
     assert (settings["r"], settings["lora_alpha"], settings["use_dora"]) == (4, 8, dora)
-    assert sorted(settings["target_modules"]) == sorted(LLAMA_TARGETS)
+    assert sorted(settings["target_modules"]) == sorted(targets)
+    for module, rank in ranks.items():  # alpha grows with the rank, so every block keeps alpha / r = 2
+        assert settings["rank_pattern"][module] == rank and settings["alpha_pattern"][module] == 2 * rank
     keys = set(read_safetensors(out / "adapter_model.safetensors"))
-    assert "base_model.model.model.layers.1.self_attn.k_proj.lora_A.weight" in keys
-    assert ("base_model.model.model.layers.0.mlp.up_proj.lora_magnitude_vector" in keys) == dora
+    layer = "gpt_neox.layers.1.attention" if arch == "neox" else "model.layers.1.self_attn"
+    assert f"base_model.model.{layer}.{targets[0]}.lora_A.weight" in keys
+    assert any(k.endswith("lora_magnitude_vector") for k in keys) == dora
     torch.testing.assert_close(_peft_logits(hf, out, idx), expected)
 
     back = convert_to_litgpt(out, base=lit, out_dir=tmp_path / "back")
@@ -120,7 +150,7 @@ def test_merge_true_writes_the_merged_full_model(tiny, tmp_path):
     lit, _ = tiny
     lora = _our_lora_dir(lit, tmp_path / "lora", dora=True)
     idx = _tokens()
-    convert_from_litgpt(lora, tmp_path / "full", merge=True)
+    assert main(["convert_from_litgpt", str(lora), str(tmp_path / "full"), "--merge", "true"]) == 0
     assert not (tmp_path / "full" / "adapter_config.json").exists()
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "full", dtype=torch.float32).eval()
     with torch.no_grad():
@@ -135,15 +165,23 @@ def test_merge_true_writes_the_merged_full_model(tiny, tmp_path):
         convert_from_litgpt(lit, tmp_path / "nothing", merge=False)
 
 
-PEFT_CASES = {
-    "lora": dict(target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
-    "patterns": dict(  # different ranks and alphas per module: our blocks get the widest rank, zero-padded
-        target_modules=["q_proj", "k_proj", "v_proj", "down_proj"],
-        rank_pattern={"v_proj": 8, "down_proj": 2},
-        alpha_pattern={"k_proj": 3},
+PEFT_CASES = {  # arch, LoraConfig arguments
+    "lora": ("llama", dict(target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])),
+    "patterns": (  # different ranks and alphas per module: our blocks get the widest rank, zero-padded
+        "llama",
+        dict(
+            target_modules=["q_proj", "k_proj", "v_proj", "down_proj"],
+            rank_pattern={"v_proj": 8, "down_proj": 2},
+            alpha_pattern={"k_proj": 3},
+        ),
     ),
-    "rslora": dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], use_rslora=True),
-    "dora": dict(target_modules=["q_proj", "v_proj", "up_proj", "gate_proj"], use_dora=True),
+    "rslora": ("llama", dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], use_rslora=True)),
+    # DoRA on q and v only: our fused qkv's magnitude gives the k rows the base row norms, a scale of exactly 1
+    "dora": ("llama", dict(target_modules=["q_proj", "v_proj", "up_proj", "gate_proj"], use_dora=True)),
+    "head": ("llama_tied", dict(target_modules=["v_proj", "lm_head"])),
+    # one fused qkv_proj pair feeds all three of our blocks; gate_up_proj feeds fc_1 and fc_2
+    "phi3-dora": ("phi3", dict(target_modules=["qkv_proj", "gate_up_proj"], use_dora=True)),
+    "neox": ("neox", dict(target_modules=["query_key_value", "dense_4h_to_h"])),
 }
 
 
@@ -163,9 +201,10 @@ def _peft_adapter(hf_dir, out_dir, seed: int = 5, **kwargs):
 
 
 @pytest.mark.parametrize("case", list(PEFT_CASES))
-def test_peft_to_ours(tiny, tmp_path, case):
-    lit, hf = tiny
-    model = _peft_adapter(hf, tmp_path / "peft", **PEFT_CASES[case])
+def test_peft_to_ours(tiny_models, tmp_path, case):
+    arch, kwargs = PEFT_CASES[case]
+    lit, hf = tiny_models(arch)
+    model = _peft_adapter(hf, tmp_path / "peft", **kwargs)
     idx = _tokens()
     with torch.no_grad():
         expected = model(idx).logits
@@ -180,7 +219,7 @@ def test_peft_to_ours(tiny, tmp_path, case):
 
 def test_converts_in_place_by_default(tiny, tmp_path):
     lit, hf = tiny
-    model = _peft_adapter(hf, tmp_path / "peft", **PEFT_CASES["lora"])
+    model = _peft_adapter(hf, tmp_path / "peft", **PEFT_CASES["lora"][1])
     assert main(["convert_to_litgpt", str(tmp_path / "peft"), "--base", str(lit)]) == 0
     with torch.no_grad():
         torch.testing.assert_close(_ours(tmp_path / "peft", _tokens()), model(_tokens()).logits)
@@ -208,6 +247,21 @@ def test_unsupported_adapters_get_one_line(tiny, tmp_path, capsys):
     save_state_dict(renamed, tmp_path / "other" / "adapter_model.safetensors")
     with pytest.raises(UserError, match="adapts model.layers.0.self_attn.query_key_value, which litgpt_lite LoRA"):
         convert_to_litgpt(tmp_path / "other", base=lit)
+
+
+def test_a_changed_lm_head_copy_is_refused(tiny_models, tmp_path):
+    """PEFT saves a targeted lm_head's frozen weight beside its adapter; it must be the base's own."""
+    lit, hf = tiny_models("llama_tied")
+    _peft_adapter(hf, tmp_path / "peft", target_modules=["lm_head"])
+    path = tmp_path / "peft" / "adapter_model.safetensors"
+    weights = read_safetensors(path)
+    assert "base_model.model.lm_head.base_layer.weight" in weights  # what the "head" case above already accepts
+    weights["base_model.model.lm_head.base_layer.weight"][0, 0] += 1
+    from litgpt_lite.checkpoint import save_state_dict
+
+    save_state_dict(weights, path)
+    with pytest.raises(UserError, match="changed weights for lm_head"):
+        convert_to_litgpt(tmp_path / "peft", base=lit)
 
 
 # ---------------------------------------------------------------- the real SmolLM2-135M-Instruct
