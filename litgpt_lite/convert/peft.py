@@ -145,7 +145,9 @@ def export_peft(checkpoint_dir: Path, output_dir: Path, dtype: torch.dtype | Non
         dtype: store the adapters in this dtype; default keeps theirs.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    cfg, base, _ = read_lora_dir(checkpoint_dir, None)
+    cfg, base, info = read_lora_dir(checkpoint_dir, None)
+    if info.get("quantize"):
+        print(f"The adapters were trained on a {info['quantize']} base; PEFT applies them to the base it is given.")
     config = load_config(checkpoint_dir if (checkpoint_dir / CONFIG).is_file() else base)
     adapters = read_safetensors(checkpoint_dir / LORA_WEIGHTS)
     targets = checked_lora_modules(config, cfg, adapters, source=str(checkpoint_dir / LORA_WEIGHTS))
@@ -504,13 +506,11 @@ def write_lora_dir(out_dir: Path, cfg: LoRAConfig, state: dict[str, torch.Tensor
     info = {**asdict(cfg), "quantize": None, "base_checkpoint_dir": str(Path(base).resolve())}
     info["peft_adapter"] = str(Path(peft_dir).resolve())
     atomic_write_file(out_dir / LORA_YAML, lambda tmp: tmp.write_text(yaml.safe_dump(info, sort_keys=False)))
-    hparams = {"checkpoint_dir": info["base_checkpoint_dir"]}
-    hparams.update({f"lora_{k}": v for k, v in asdict(cfg).items()})
-    text = yaml.safe_dump(hparams, sort_keys=False)
-    atomic_write_file(out_dir / "hyperparameters.yaml", lambda tmp: tmp.write_text(text))
-    for name in TOKENIZER_FILES:  # the base's, except those the adapter folder brought along (written in place)
-        if (base / name).is_file() and not (out_dir / name).is_file():
-            shutil.copy2(base / name, out_dir / name)
+    # the tokenizer files the adapter folder brought along (a chat template it was trained with), else the base's
+    for name in TOKENIZER_FILES:
+        source = peft_dir / name if (peft_dir / name).is_file() else base / name
+        if source.is_file() and source.resolve() != (out_dir / name).resolve():
+            shutil.copy2(source, out_dir / name)
     for name in (CONFIG, "prompt_style.yaml"):  # the adapters belong to the base's architecture
         if (base / name).is_file():
             shutil.copy2(base / name, out_dir / name)
