@@ -30,16 +30,21 @@ def convert_to_litgpt(
     model_name: str | None = None,
     dtype: str | None = None,
     out_dir: Path | None = None,
+    base: Path | None = None,
 ) -> Path:
-    """Convert a Hugging Face model folder (or a .gguf file) into a litgpt_lite checkpoint directory.
+    """Convert a Hugging Face model folder (or a .gguf file, or a PEFT adapter) into a litgpt_lite checkpoint directory.
 
     Args:
-        checkpoint_dir: HF folder with config.json and *.safetensors (single or sharded) or *.bin, or a .gguf file.
+        checkpoint_dir: HF folder with config.json and *.safetensors (single or sharded) or *.bin, or a .gguf file,
+            or a PEFT LoRA/DoRA adapter folder (adapter_config.json), which becomes a LoRA dir over `base`.
         model_name: a registered config name to use instead of reading config.json.
         dtype: store the weights in this dtype (float32, bf16, fp16); default keeps the source dtype.
         out_dir: where to write; default converts in place, next to the HF files.
+        base: for a PEFT adapter: the litgpt_lite checkpoint dir of the model it was trained on.
     """
     checkpoint_dir = Path(checkpoint_dir)
+    if base is not None or (checkpoint_dir / "adapter_config.json").is_file():
+        return _peft_import(checkpoint_dir, base, model_name, dtype, out_dir)
     from litgpt_lite.convert.gguf import is_gguf_file
 
     if checkpoint_dir.suffix == ".gguf" or is_gguf_file(checkpoint_dir):  # Ollama's blobs have no suffix
@@ -56,9 +61,7 @@ def convert_to_litgpt(
 
     config = _hf_folder_config(checkpoint_dir, model_name)
     architecture = config.architecture
-    torch_dtype = getattr(torch, DTYPES[dtype]) if dtype else None
-    if dtype and dtype not in DTYPES:
-        raise UserError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(DTYPES)}")
+    torch_dtype = _torch_dtype(dtype)  # a UserError for an unknown name (the table lookup used to come first)
 
     out_dir = Path(out_dir) if out_dir else checkpoint_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,15 +104,21 @@ def convert_to_litgpt(
     return out_dir
 
 
-def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | None = None) -> Path:
+def convert_from_litgpt(
+    checkpoint_dir: Path, output_dir: Path, dtype: str | None = None, merge: bool | None = None
+) -> Path:
     """Write a complete Hugging Face folder that `AutoModelForCausalLM.from_pretrained` loads directly.
 
     Args:
-        checkpoint_dir: a litgpt_lite checkpoint directory.
+        checkpoint_dir: a litgpt_lite checkpoint directory, or a LoRA fine-tuning output dir.
         output_dir: the HF folder to write (config.json, model.safetensors sharded past 5 GB, tokenizer files).
         dtype: store the weights in this dtype (float32, bf16, fp16); default keeps the checkpoint's dtype.
+        merge: for a LoRA dir: false writes a PEFT adapter folder (adapter_config.json, adapter_model.safetensors)
+            for the base's HF export; true merges the adapters into the base and writes the full model. Default:
+            the PEFT adapter for a dir holding adapters only, the full model for a dir with full weights.
     """
-    import torch
+    if (lora_export := _lora_export(Path(checkpoint_dir), Path(output_dir), dtype, merge)) is not None:
+        return lora_export
     from tqdm import tqdm
 
     from litgpt_lite.checkpoint import (
@@ -125,9 +134,7 @@ def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | Non
 
     checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
     config = load_config(checkpoint_dir)
-    if dtype and dtype not in DTYPES:
-        raise UserError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(DTYPES)}")
-    torch_dtype = getattr(torch, DTYPES[dtype]) if dtype else None
+    torch_dtype = _torch_dtype(dtype)
     state = dict(iter_checkpoint_tensors(checkpoint_dir))  # lazy handles: each is read as it is written out
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
@@ -188,6 +195,45 @@ def _hf_folder_config(checkpoint_dir: Path, model_name: str | None):
         config = config_from_hf(hf_config, name=checkpoint_dir.name)
     config.architecture = architecture
     return config
+
+
+def _torch_dtype(dtype: str | None):
+    """The torch dtype a --dtype name stands for (None keeps the source's), or a UserError listing the names."""
+    if dtype is None:
+        return None
+    if dtype not in DTYPES:
+        raise UserError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(DTYPES)}")
+    import torch
+
+    return getattr(torch, DTYPES[dtype])
+
+
+def _peft_import(peft_dir: Path, base: Path | None, model_name: str | None, dtype: str | None, out_dir) -> Path:
+    """A PEFT adapter folder as one of our LoRA dirs over `base` (convert/peft.py)."""
+    from litgpt_lite.convert.peft import convert_peft_adapter
+
+    if model_name:
+        raise UserError("--model_name does not apply to a PEFT adapter: the model comes from --base")
+    return convert_peft_adapter(peft_dir, base, dtype=_torch_dtype(dtype), out_dir=out_dir)
+
+
+def _lora_export(lora_dir: Path, output_dir: Path, dtype: str | None, merge: bool | None) -> Path | None:
+    """A LoRA dir's adapters as a PEFT folder, or merged into its base as a full HF model; None for full weights."""
+    from litgpt_lite.convert.peft import export_kind, export_peft
+
+    kind = export_kind(lora_dir, merge)
+    if kind == "peft":
+        return export_peft(lora_dir, output_dir, dtype=_torch_dtype(dtype))
+    if kind == "full":
+        return None
+    import tempfile
+
+    from litgpt_lite.lora import merge_lora_cli
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output_dir.name}.merge-", dir=output_dir.parent) as tmp:
+        merge_lora_cli(lora_dir, out_dir=Path(tmp) / "merged")  # a temporary full checkpoint
+        return convert_from_litgpt(Path(tmp) / "merged", output_dir, dtype=dtype)
 
 
 def _read_json(path: Path) -> dict:
