@@ -1,8 +1,9 @@
 """`litgpt_lite serve`: the command, and the life of the server's processes (start, signals, stop).
 
 All processes are children of the `serve` process: a multiprocessing manager that holds the `WorkerChannel`, the
-API server process(es) (uvicorn, forked by LitServe, running `OpenAIServeSpec`), the inference worker(s) (spawned by
-LitServe, running `BatchingLoop`), and LitServe's own manager. Ctrl-C or SIGTERM stops them all.
+tokenizer helper for big prompts (encoding.py), the API server process(es) (uvicorn, forked by LitServe, running
+`OpenAIServeSpec`), the inference worker(s) (spawned by LitServe, running `BatchingLoop`), and LitServe's own manager.
+Ctrl-C or SIGTERM stops them all.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import litserve as ls
 from starlette.exceptions import HTTPException
 
 from litgpt_lite.errors import UserError
+from litgpt_lite.serve.encoding import TokenizerHelper
 from litgpt_lite.serve.openai import BodyLimitMiddleware, http_error_handler, server_error_handler
 from litgpt_lite.serve.spec import OpenAIServeSpec
 from litgpt_lite.serve.worker import BatchingLoop, GenerationAPI, WorkerChannel
@@ -107,10 +109,12 @@ def run(settings: ServeSettings, api_class: type[GenerationAPI] = GenerationAPI)
     workers are spawned processes), e.g. one that wraps the model.
     """
     s, api_key_source = _checked(settings)
-    manager = multiprocessing.Manager()  # ignores Ctrl-C; stopped below
+    manager = multiprocessing.Manager()  # each manager ignores Ctrl-C; both are stopped below
+    helper = TokenizerHelper()
+    helper.start()
     try:
         channel = WorkerChannel(manager)
-        server = _build_server(s, api_class, channel)
+        server = _build_server(s, api_class, channel, helper.tokenizer(str(s.checkpoint_dir)))
         signal.signal(signal.SIGTERM, partial(_on_stop_signal, os.getpid()))
         signal.signal(signal.SIGINT, partial(_on_stop_signal, os.getpid()))
         key = f"; requests need the API key from {api_key_source}" if api_key_source else ""
@@ -121,6 +125,7 @@ def run(settings: ServeSettings, api_class: type[GenerationAPI] = GenerationAPI)
         # would be noise, not news.
         logging.getLogger("litserve.server").setLevel(logging.CRITICAL)
         manager.shutdown()
+        helper.shutdown()
         _stop_children()
 
 
@@ -156,10 +161,12 @@ def _api_key(flag: str | None) -> tuple[str | None, str | None]:
     return (from_env, API_KEY_ENV) if from_env else (None, None)
 
 
-def _build_server(s: ServeSettings, api_class: type[GenerationAPI], channel: WorkerChannel) -> ls.LitServer:
+def _build_server(
+    s: ServeSettings, api_class: type[GenerationAPI], channel: WorkerChannel, tokenizer_helper
+) -> ls.LitServer:
     accelerator, devices = _accelerator(s.devices)
     defaults = {"max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p}
-    spec = OpenAIServeSpec(s.checkpoint_dir, defaults, s.api_key, channel, s.max_choices)
+    spec = OpenAIServeSpec(s.checkpoint_dir, defaults, s.api_key, channel, s.max_choices, tokenizer_helper)
     api = api_class(
         s.checkpoint_dir,
         s.precision,

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from litserve.utils import LitAPIStatus
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 # ---------------------------------------------------------------- request bodies
-class _Body(BaseModel):
+class RequestBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
@@ -66,15 +66,15 @@ class _Message(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class ChatCompletionBody(_Body):
+class ChatCompletionBody(RequestBody):
     messages: list[_Message] = Field(min_length=1)
 
 
-class CompletionBody(_Body):
+class CompletionBody(RequestBody):
     prompt: str | list[str]
 
 
-def parse_body(raw: bytes, body_type: type[_Body]) -> _Body:
+def parse_body(raw: bytes, body_type: type[RequestBody]) -> RequestBody:
     """The validated request body, or a RequestError (400) that names the first problem."""
     try:
         data = json.loads(raw)
@@ -237,7 +237,7 @@ class Choice:
 class Answer:
     """Turns the choices' delta streams into one OpenAI response (JSON) or a stream of SSE chunks."""
 
-    def __init__(self, model: str, chat: bool, body: _Body, prompt_tokens: int, choices: list[Choice]) -> None:
+    def __init__(self, model: str, chat: bool, body: RequestBody, prompt_tokens: int, choices: list[Choice]) -> None:
         self.model, self.chat, self.body, self.choices = model, chat, body, choices
         self.prompt_tokens = prompt_tokens
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
@@ -341,3 +341,18 @@ class Answer:
             await out.put((index, None))
         except RequestError as e:
             await out.put((index, e))
+
+
+class SSEResponse(StreamingResponse):
+    """An answer's SSE stream. However the response ends (done, failed, or the client gone, even before the first
+    chunk), the rows still running are abandoned."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.sse(), media_type="text/event-stream")
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.answer.abandon()

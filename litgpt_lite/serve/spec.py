@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from litserve.specs.base import LitSpec
 from litserve.utils import ResponseBufferItem
+from starlette.requests import ClientDisconnect
 
 from litgpt_lite.config import Config
 from litgpt_lite.errors import UserError
@@ -29,8 +30,9 @@ from litgpt_lite.serve.openai import (
     ChatCompletionBody,
     Choice,
     CompletionBody,
+    RequestBody,
     RequestError,
-    _Body,
+    SSEResponse,
     error_response,
     parse_body,
 )
@@ -48,6 +50,7 @@ class OpenAIServeSpec(LitSpec):
         api_key: str | None,
         channel: WorkerChannel,
         max_choices: int,
+        tokenizer_helper,
     ) -> None:
         super().__init__()
         self.api_path = "/v1/chat/completions"
@@ -57,6 +60,7 @@ class OpenAIServeSpec(LitSpec):
         self.api_key = api_key
         self.channel = channel
         self.max_choices = max_choices
+        self.tokenizer_helper = tokenizer_helper  # a proxy to the tokenizer in the helper process (encoding.py)
         self.created = int(time.time())
         self._tokenizer = self._style = self._encoder = None
         self.block_size = Config.from_file(self.checkpoint_dir / "model_config.yaml").block_size
@@ -97,7 +101,7 @@ class OpenAIServeSpec(LitSpec):
     @property
     def encoder(self) -> PromptEncoder:
         if self._encoder is None:
-            self._encoder = PromptEncoder(self.checkpoint_dir, self.tokenizer)
+            self._encoder = PromptEncoder(self.tokenizer, self.tokenizer_helper)
         return self._encoder
 
     # ---- endpoints
@@ -115,7 +119,7 @@ class OpenAIServeSpec(LitSpec):
     async def completions(self, request: Request) -> Response:
         return await self._handle(request, CompletionBody, chat=False)
 
-    async def _handle(self, request: Request, body_type: type[_Body], chat: bool) -> Response:
+    async def _handle(self, request: Request, body_type: type[RequestBody], chat: bool) -> Response:
         try:
             self._authorize(request)  # before the body is read
             body = parse_body(await request.body(), body_type)
@@ -124,10 +128,12 @@ class OpenAIServeSpec(LitSpec):
             items = self._work_items(body, prompts, chat)
         except RequestError as e:
             return error_response(e)
+        except ClientDisconnect:  # gone while sending its body: nobody to answer
+            return Response(status_code=499)
         choices = [self._submit(item) for item in items]
         answer = Answer(self.model_id, chat, body, sum(len(ids) for ids in prompts), choices)
         if body.stream:
-            return StreamingResponse(answer.sse(), media_type="text/event-stream")
+            return SSEResponse(answer)
         return await self._full_answer(request, answer)
 
     def _authorize(self, request: Request) -> None:
@@ -140,7 +146,7 @@ class OpenAIServeSpec(LitSpec):
                 "Invalid or missing API key: send the header `Authorization: Bearer <key>`", 401, "invalid_api_key"
             )
 
-    def _check_choices(self, body: _Body, chat: bool) -> None:
+    def _check_choices(self, body: RequestBody, chat: bool) -> None:
         """At most --max_choices rows per request: prompts x n on /v1/completions, n on chat."""
         prompts = 1 if chat or isinstance(body.prompt, str) else len(body.prompt)
         if prompts * body.n <= self.max_choices:
@@ -153,7 +159,7 @@ class OpenAIServeSpec(LitSpec):
             param="n" if prompts == 1 else "prompt",
         )
 
-    async def _prompts(self, body: _Body, chat: bool) -> list[list[int]]:
+    async def _prompts(self, body: RequestBody, chat: bool) -> list[list[int]]:
         """Token ids of each prompt (one for chat; one per string for completions), checked against the context."""
         if chat:
             messages = [{"role": m.role, "content": m.text()} for m in body.messages]
@@ -178,7 +184,7 @@ class OpenAIServeSpec(LitSpec):
                 )
         return prompts
 
-    def _work_items(self, body: _Body, prompts: list[list[int]], chat: bool) -> list[dict[str, Any]]:
+    def _work_items(self, body: RequestBody, prompts: list[list[int]], chat: bool) -> list[dict[str, Any]]:
         """One work item per (prompt, choice): the prompt ids and that row's sampling parameters."""
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         stop_token_ids = self.style.stop_sequences(self.tokenizer) if chat and not body.ignore_eos else []
