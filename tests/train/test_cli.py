@@ -66,6 +66,14 @@ def test_empty_dataset_is_one_line(capsys, tmp_path, tiny_ckpt):
     assert "empty" in err
 
 
+def test_non_utf8_json_data_is_one_line(capsys, tmp_path, tiny_ckpt):
+    data = tmp_path / "latin1.json"
+    data.write_bytes('[{"instruction": "Say caf\xe9", "output": "ok"}]'.encode("latin-1"))
+    argv = ["finetune_full", str(tiny_ckpt), "--data", "JSON", "--data.json_path", str(data)]
+    err = _error(capsys, [*argv, "--out_dir", str(tmp_path / "out")])
+    assert f"{data} is not UTF-8 text: byte 25 (line 1" in err
+
+
 def test_missing_checkpoint_is_one_line(capsys, tmp_path):
     assert "does not exist" in _error(capsys, ["finetune_lora", str(tmp_path / "nowhere")])
 
