@@ -33,7 +33,7 @@ class TrainArgs:
             glibc returns every block over 32 MB to the kernel when it is freed, so each step's logits, their
             gradient and the large activations are page-faulted and zeroed by the kernel again: about 1.5 s of
             system CPU time per pythia-70m step at 4 x 512 on 2 cores. The cost: the process keeps its peak memory
-            between steps instead of shrinking. No effect on a GPU run or without glibc.
+            between steps instead of shrinking. No effect on a GPU run or without glibc (litgpt_lite/host_memory.py).
     """
 
     global_batch_size: int = 16
