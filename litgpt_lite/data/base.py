@@ -15,11 +15,39 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from litgpt_lite.errors import UserError
+
 if TYPE_CHECKING:
     from litgpt_lite.prompts import PromptStyle
     from litgpt_lite.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
+
+
+def read_utf8(path: Path) -> str:
+    """The text of a UTF-8 file; any other encoding is a UserError naming the file, byte offset and line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path} is not UTF-8 text: {_where(data, e)}; convert it to UTF-8 (e.g. iconv -t utf-8)"
+        ) from None
+
+
+def read_utf8_lenient(path: Path) -> tuple[str, str | None]:
+    """The text of a file decoded as UTF-8 with undecodable bytes replaced by U+FFFD, and where the first such
+    byte is ("byte 120 (line 3)") or None if the file is clean UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return data.decode("utf-8", errors="replace"), _where(data, e)
+
+
+def _where(data: bytes, error: UnicodeDecodeError) -> str:
+    line = data.count(b"\n", 0, error.start) + 1
+    return f"byte {error.start} (line {line}, {data[error.start : error.start + 1]!r}) is not valid UTF-8"
 
 
 @dataclass

@@ -11,7 +11,15 @@ import random
 from pathlib import Path
 from typing import Any
 
-from litgpt_lite.data.base import IGNORE_INDEX, DataContext, DataModule, PackedRows, SampleList, Splits
+from litgpt_lite.data.base import (
+    IGNORE_INDEX,
+    DataContext,
+    DataModule,
+    PackedRows,
+    SampleList,
+    Splits,
+    read_utf8,
+)
 from litgpt_lite.errors import UserError
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
@@ -23,7 +31,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     """Records of a .json file (a list of objects) or a .jsonl file (one object per line)."""
     if not path.is_file():
         raise UserError(f"Data file {path} does not exist: pass an existing .json or .jsonl file")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if path.suffix == ".jsonl":
         records = []
         for n, line in enumerate(text.splitlines(), start=1):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from litgpt_lite.data.base import DataContext, DataModule, Splits
+from litgpt_lite.data.base import DataContext, DataModule, Splits, read_utf8_lenient
 from litgpt_lite.errors import UserError
 
 BUNDLED_CORPUS = Path(__file__).parent / "bundled" / "corpus"
@@ -138,9 +138,23 @@ class TextFiles(DataModule):
 
         if tokenizer.eos_id is None:
             raise UserError(f"The tokenizer in {tokenizer.checkpoint_dir} has no EOS token to separate documents")
-        docs = (tokenizer.encode(p.read_text(encoding="utf-8", errors="replace"), bos=False) for p in files)
+        not_utf8: list[str] = []
+
+        def docs():
+            for path in files:
+                text, problem = read_utf8_lenient(path)
+                if problem is not None:
+                    not_utf8.append(f"{path}: {problem}")
+                yield tokenizer.encode(text, bos=False)
+
         print(f"Tokenizing {len(files)} text file(s) into {shard_dir} (once)", flush=True)
-        write_token_shards(docs, shard_dir, eos_id=tokenizer.eos_id, vocab_size=tokenizer.vocab_size)
+        write_token_shards(docs(), shard_dir, eos_id=tokenizer.eos_id, vocab_size=tokenizer.vocab_size)
+        if not_utf8:
+            print(
+                f"note: {len(not_utf8)} file(s) are not valid UTF-8, their undecodable bytes were read as U+FFFD "
+                f"(first: {not_utf8[0]}); convert them to UTF-8 and delete {shard_dir} to re-tokenize",
+                flush=True,
+            )
 
 
 def _fingerprint(files: list[Path], tokenizer) -> str:

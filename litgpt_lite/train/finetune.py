@@ -12,7 +12,8 @@ from typing import Literal
 from litgpt_lite.data.base import DataModule
 from litgpt_lite.errors import UserError
 from litgpt_lite.train.args import EvalArgs, TrainArgs
-from litgpt_lite.train.runtime import Run, Strategy, hyperparameters, launch
+from litgpt_lite.train.hparams import hyperparameters
+from litgpt_lite.train.runtime import Run, Strategy, launch
 
 Quantize = Literal["bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq"]
 

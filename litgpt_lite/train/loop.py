@@ -8,21 +8,33 @@ numbers (a packed batch has the same loss as the same samples unpacked; 2 proces
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
-from litgpt_lite.data.base import IGNORE_INDEX, collate, flatten_packed
+from litgpt_lite.data.base import collate, flatten_packed
 from litgpt_lite.train.args import EvalArgs, TrainArgs
 from litgpt_lite.train.checkpoints import TrainState, save_training_checkpoint
+from litgpt_lite.train.loggers import Metrics
+from litgpt_lite.train.loss import count_targets, loss_sum
+from litgpt_lite.train.recipes import Recipe
+
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
+
+
+class Dataset(Protocol):
+    """What `fit` reads training and validation samples from (the data modules' SampleList, PackedRows ...)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass
@@ -33,16 +45,15 @@ class FitArgs:
     eval: EvalArgs
     out_dir: Path
     total_steps: int
-    recipe: Any
+    recipe: Recipe
     seed: int = 42
     pad_id: int = 0
-    metrics: Any = None  # loggers.Metrics
+    metrics: Metrics | None = None
     sample: Callable[[torch.nn.Module], str | None] | None = None  # one generation at each validation
     flops_per_token: float | None = None
     peak_flops: float | None = None  # per device; None where unknown (CPU)
     split_head: bool = True  # run the head outside the model's forward, on loss positions only (not under FSDP)
     flatten_packed: bool = False  # packed micro batches run as one row without padding (see `data.flatten_packed`)
-    history: list[dict] = field(default_factory=list)  # per-step metrics of this process (tests read it)
 
 
 # ---------------------------------------------------------------- data order
@@ -70,7 +81,9 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
 
 
-def micro_batches(dataset, indices: list[int], rank: int, world: int, micro: int, pad_id: int, flatten: bool = False):
+def micro_batches(
+    dataset: Dataset, indices: list[int], rank: int, world: int, micro: int, pad_id: int, flatten: bool = False
+):
     """This rank's share of a global batch, collated into micro batches (packed ones flattened with `flatten`)."""
     per_rank = len(indices) // world
     mine = indices[rank * per_rank : (rank + 1) * per_rank]
@@ -78,101 +91,7 @@ def micro_batches(dataset, indices: list[int], rank: int, world: int, micro: int
     return [flatten_packed(b) if flatten and "segment_ids" in b else b for b in batches]
 
 
-# ---------------------------------------------------------------- loss
-def loss_sum(fabric, model, batch: dict[str, torch.Tensor], chunk: int = 0, split_head: bool = True) -> torch.Tensor:
-    """Sum of token cross-entropies over the batch's target tokens (float32).
-
-    With `split_head`, the model returns hidden states and the head runs only on positions that carry a loss (a
-    masked prompt costs no vocabulary projection); with `chunk`, it runs `chunk` target tokens at a time, so the
-    full-vocabulary logits are never all alive (see `_ChunkedHeadLoss`).
-    """
-    x, y = batch["input_ids"], batch["labels"]
-    segments = batch.get("segment_ids")
-    if not split_head:
-        logits = model(x, segment_ids=segments)
-        return _cross_entropy_sum(logits.flatten(0, 1), y.flatten())
-    hidden = model(x, segment_ids=segments, return_hidden=True)  # (B, T, C)
-    keep = y != IGNORE_INDEX
-    hidden, targets = hidden[keep], y[keep]  # (N, C), (N,)
-    head = _head(model)
-    if not chunk:
-        return _chunk_loss(head, fabric, hidden, targets)
-    params = [p for p in _head_module(model).parameters() if p.requires_grad]
-    if not torch.is_grad_enabled() or not (hidden.requires_grad or params):  # validation: no gradients to make
-        return sum((_chunk_loss(head, fabric, h, t) for h, t in zip(hidden.split(chunk), targets.split(chunk))))
-    return _ChunkedHeadLoss.apply(hidden, targets, head, fabric, chunk, *params)
-
-
-class _ChunkedHeadLoss(torch.autograd.Function):
-    """Summed cross-entropy of `head(hidden)`, `chunk` rows at a time, with each chunk's gradients taken right after
-    its loss: the logits of one chunk are alive at a time and are never recomputed (checkpointing each chunk would
-    run the vocabulary projection a second time in backward). Backward scales the stored gradients of the hidden
-    states and of the head's trainable parameters (a tied embedding's included) by the incoming gradient."""
-
-    @staticmethod
-    def forward(ctx, hidden, targets, head, fabric, chunk, *params):
-        wants_hidden = hidden.requires_grad
-        grad_hidden = torch.empty_like(hidden) if wants_hidden else None  # every chunk writes its rows
-        grad_params: list[torch.Tensor | None] = [None] * len(params)
-        total = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, hidden.shape[0], chunk):
-            with torch.enable_grad():
-                h = hidden[start : start + chunk].detach().requires_grad_(wants_hidden)
-                loss = _chunk_loss(head, fabric, h, targets[start : start + chunk])
-                grads = torch.autograd.grad(loss, [h, *params] if wants_hidden else params, allow_unused=True)
-            if wants_hidden:
-                grad_hidden[start : start + chunk], grads = grads[0], grads[1:]
-            grad_params = [_accumulate(acc, g) for acc, g in zip(grad_params, grads)]
-            total += loss.detach()
-        ctx.grads = (grad_hidden, *grad_params)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        grad_hidden, *grad_params = (None if g is None else g * grad_total for g in ctx.grads)
-        return grad_hidden, None, None, None, None, *grad_params
-
-
-def _accumulate(acc: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tensor | None:
-    """acc + g (in place), either of them None where the loss did not reach a parameter."""
-    if acc is None or g is None:
-        return g if acc is None else acc
-    return acc.add_(g)
-
-
-def _head_module(model) -> torch.nn.Module:
-    module = getattr(model, "module", model)
-    return getattr(module, "_orig_mod", module).lm_head
-
-
-def _head(model) -> Callable:
-    module = getattr(model, "module", model)
-    return getattr(module, "_orig_mod", module).logits
-
-
-def _chunk_loss(head, fabric, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    with fabric.autocast() if fabric is not None else contextlib.nullcontext():
-        logits = head(hidden)
-    return _cross_entropy_sum(logits, targets)
-
-
-CE_ROWS = 128
-
-
-def _cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed float32 cross-entropy of (N, V) logits, `CE_ROWS` rows at a time. The log-softmax and its backward
-    then work on ~25 MB blocks instead of one N x V buffer: on 2 CPU cores fwd+bwd over 2048 x 50304 logits took
-    274-454 ms instead of 546-671 ms. Same value up to the order of the float32 sum."""
-    pieces = zip(logits.split(CE_ROWS), targets.split(CE_ROWS))  # no rows: one empty piece, a 0 still in the graph
-    losses = [F.cross_entropy(rows.float(), tgt, ignore_index=IGNORE_INDEX, reduction="sum") for rows, tgt in pieces]
-    return torch.stack(losses).sum()
-
-
-def count_targets(batches: list[dict[str, torch.Tensor]]) -> int:
-    return int(sum((b["labels"] != IGNORE_INDEX).sum() for b in batches))
-
-
-def _all_sum(fabric, value: float | int) -> float:
+def _all_sum(fabric: Fabric, value: float | int) -> float:
     if fabric.world_size == 1:
         return float(value)
     # on the run's device: NCCL reduces only CUDA tensors
@@ -181,13 +100,33 @@ def _all_sum(fabric, value: float | int) -> float:
 
 
 # ---------------------------------------------------------------- the loop
-def fit(fabric, model, optimizer, scheduler, train_data, val_data, args: FitArgs, state: TrainState) -> TrainState:
-    """Train from `state` until the stopping point; returns the final state."""
+def fit(
+    fabric: Fabric,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train_data: Dataset,
+    val_data: Dataset | None,
+    args: FitArgs,
+    state: TrainState,
+) -> TrainState:
+    """Train from `state` until the stopping point; returns the final state.
+
+    Args:
+        fabric: the launched Fabric; `model` and `optimizer` went through its `setup_*`.
+        model: the model a recipe prepared.
+        optimizer: over the trainable parameters.
+        scheduler: stepped once per optimizer step.
+        train_data: samples (dicts of input_ids, labels ...) indexed 0..len-1; `step_indices` picks each step's.
+        val_data: validation samples, or None for no validation.
+        args: everything else `fit` needs.
+        state: where to start (step 0, or a resumed checkpoint's state).
+    """
     t = args.train
     accum = t.gradient_accumulation_iters(fabric.world_size)
     progress = Progress(fabric, args, state)
     if args.eval.initial_validation and val_data is not None and state.step == 0:
-        _validate_and_log(fabric, model, val_data, args, state)
+        progress.validated(_validate_and_log(fabric, model, val_data, args, state))
     while not _done(state, args):
         indices, state.epoch = step_indices(state.step, len(train_data), t.global_batch_size, args.seed)
         rank, world = fabric.global_rank, fabric.world_size
@@ -213,9 +152,9 @@ def fit(fabric, model, optimizer, scheduler, train_data, val_data, args: FitArgs
         if state.first_loss is None:
             state.first_loss = loss
         progress.step(loss, lr)
-        _after_step(fabric, model, optimizer, scheduler, val_data, args, state)
+        _after_step(fabric, model, optimizer, scheduler, val_data, args, state, progress)
     if args.eval.final_validation and val_data is not None and state.step % args.eval.interval:
-        _validate_and_log(fabric, model, val_data, args, state)
+        progress.validated(_validate_and_log(fabric, model, val_data, args, state))
     progress.finish()
     return state
 
@@ -226,9 +165,18 @@ def _done(state: TrainState, args: FitArgs) -> bool:
     return args.train.max_tokens is not None and state.tokens >= args.train.max_tokens
 
 
-def _after_step(fabric, model, optimizer, scheduler, val_data, args: FitArgs, state: TrainState) -> None:
+def _after_step(
+    fabric: Fabric,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    val_data: Dataset | None,
+    args: FitArgs,
+    state: TrainState,
+    progress: Progress,
+) -> None:
     if val_data is not None and state.step % args.eval.interval == 0:
-        _validate_and_log(fabric, model, val_data, args, state)
+        progress.validated(_validate_and_log(fabric, model, val_data, args, state))
     interval = args.train.save_interval
     if (interval is not None and state.step % interval == 0) or _done(state, args):
         path = save_training_checkpoint(fabric, args.out_dir, args.recipe, model, optimizer, scheduler, state)
@@ -236,7 +184,7 @@ def _after_step(fabric, model, optimizer, scheduler, val_data, args: FitArgs, st
 
 
 @torch.no_grad()
-def validate(fabric, model, val_data, args: FitArgs) -> float:
+def validate(fabric: Fabric, model: torch.nn.Module, val_data: Dataset, args: FitArgs) -> float:
     """Token-mean loss over the first `eval.max_iters` micro batches of the validation set (all ranks)."""
     was_training = model.training
     model.eval()
@@ -259,7 +207,9 @@ def validate(fabric, model, val_data, args: FitArgs) -> float:
     return total / max(count, 1.0)
 
 
-def _validate_and_log(fabric, model, val_data, args: FitArgs, state: TrainState) -> None:
+def _validate_and_log(
+    fabric: Fabric, model: torch.nn.Module, val_data: Dataset, args: FitArgs, state: TrainState
+) -> float:
     t0 = time.perf_counter()
     val_loss = validate(fabric, model, val_data, args)
     ppl = math.exp(min(val_loss, 50.0))
@@ -271,23 +221,24 @@ def _validate_and_log(fabric, model, val_data, args: FitArgs, state: TrainState)
         text = args.sample(model)
         if text is not None:
             fabric.print(f"sample | {text!r}")
-    args.history.append({"step": state.step, "val_loss": val_loss})
     if args.metrics is not None:
         args.metrics.log(
             {"val_loss": val_loss, "val_ppl": ppl, "epoch": state.epoch, "tokens": state.tokens}, state.step
         )
+    return val_loss
 
 
 class Progress:
     """One line per `log_interval` steps: loss, lr, tokens/s, MFU where the peak is known, ETA."""
 
-    def __init__(self, fabric, args: FitArgs, state: TrainState) -> None:
+    def __init__(self, fabric: Fabric, args: FitArgs, state: TrainState) -> None:
         self.fabric, self.args = fabric, args
         self.start_step, self.start_tokens = state.step, state.tokens
         self.t0 = self.t_last = time.perf_counter()
         self.tokens_last = state.tokens
         self.state = state
         self.last_loss: float | None = None
+        self.val_losses: list[float] = []  # this run's validations, for the closing summary
 
     def step(self, loss: float, lr: float) -> None:
         s, args = self.state, self.args
@@ -306,7 +257,6 @@ class Progress:
         if args.flops_per_token and args.peak_flops:
             mfu = tok_s * args.flops_per_token / (args.peak_flops * self.fabric.world_size)
             metrics["mfu"] = mfu
-        args.history.append({"step": s.step, **metrics})
         if s.step % args.train.log_interval and s.step != args.total_steps and s.step != self.start_step + 1:
             return
         if args.metrics is not None:
@@ -318,6 +268,9 @@ class Progress:
             line += f" | MFU {100 * mfu:.1f}%"
         self.fabric.print(f"{line} | ETA {_duration(eta)}")
 
+    def validated(self, val_loss: float) -> None:
+        self.val_losses.append(val_loss)
+
     def finish(self) -> None:
         s = self.state
         elapsed = time.perf_counter() - self.t0
@@ -326,7 +279,7 @@ class Progress:
                 f"Training done: {s.step} steps, {s.tokens:,} tokens in {_duration(elapsed)} | "
                 f"train loss first step {s.first_loss:.4f} -> last step {self.last_loss:.4f}"
             )
-            vals = [h["val_loss"] for h in self.args.history if "val_loss" in h]
+            vals = self.val_losses
             if len(vals) > 1:
                 line += f" | val loss {vals[0]:.4f} -> {vals[-1]:.4f}"
             self.fabric.print(line)

@@ -10,7 +10,8 @@ from litgpt_lite.config import Config
 from litgpt_lite.data.base import DataModule
 from litgpt_lite.errors import UserError
 from litgpt_lite.train.args import EvalArgs, TrainArgs
-from litgpt_lite.train.runtime import Run, Strategy, hyperparameters, launch
+from litgpt_lite.train.hparams import hyperparameters
+from litgpt_lite.train.runtime import Run, Strategy, launch
 
 
 def pretrain(

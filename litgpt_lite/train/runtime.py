@@ -1,55 +1,51 @@
 """Shared setup for every training entrypoint: check the inputs, start Fabric, build the pieces, call `fit`.
 
 Entrypoints (pretrain.py, finetune.py) only say which recipe, which model and which defaults; everything else is
-here once: precision and strategy choice, data, model, levers, optimizer, schedule, resume, logging, export.
+here once: data, model, optimizer, schedule, resume, logging and export. Devices and processes live in
+distributed.py, the loss in loss.py, MFU in flops.py, host-memory tuning in litgpt_lite/host_memory.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import inspect
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from litgpt_lite.errors import UserError
 from litgpt_lite.train.args import EvalArgs, TrainArgs
+from litgpt_lite.train.distributed import STRATEGIES, Strategy, is_sharded, make_fabric, unwrap, world_size
+from litgpt_lite.train.hparams import write_hyperparameters
+from litgpt_lite.train.recipes import Recipe
 
-Strategy = Literal["auto", "ddp", "fsdp"]
-# Dense bf16 peak FLOP/s of known accelerators, for MFU (matched on the device name).
-PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 70e12,
-    "L4": 121e12,
-    "4090": 165e12,
-    "3090": 71e12,
-    "V100": 125e12,
-    "A6000": 155e12,
-}
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
+
+    from litgpt_lite.config import Config
+    from litgpt_lite.data.base import DataModule, Splits
+    from litgpt_lite.tokenizer import Tokenizer
+    from litgpt_lite.train.checkpoints import TrainState
+    from litgpt_lite.train.loop import Dataset, FitArgs
 
 
 @dataclass
 class Run:
     """Everything an entrypoint decided; `launch` turns it into a training run."""
 
-    recipe: Any
+    recipe: Recipe
     out_dir: Path
-    data: Any
+    data: DataModule
     train: TrainArgs
     eval: EvalArgs
     optimizer: str | dict
     optimizer_defaults: dict[str, Any]
     hparams: dict[str, Any]
     checkpoint_dir: Path | None = None  # weights to start from (fine-tuning, or pretrain's initial checkpoint)
-    model_config: Any = None  # a Config to build from scratch (pretraining)
+    model_config: Config | None = None  # a Config to build from scratch (pretraining)
     tokenizer_dir: Path | None = None
     precision: str | None = None
     devices: int | str = 1
@@ -59,20 +55,21 @@ class Run:
     logger_name: str = "csv"
     resume: bool | str | Path = False
     seed: int = 42
-    init_weights: Any = None  # callable(model) for from-scratch models
+    init_weights: Callable[[torch.nn.Module], None] | None = None  # for from-scratch models
     result: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- checks before any compute
 def check_inputs(run: Run) -> None:
+    """A UserError for any input that cannot run, before a process starts or a weight is read."""
     from litgpt_lite.train.loggers import check_logger_name
     from litgpt_lite.train.optim import check_init_args, resolve_optimizer_class, split_spec
 
-    run.train.validate(world_size(run))
+    run.train.validate(world_size(run.devices, run.num_nodes))
     run.eval.validate()
     check_logger_name(run.logger_name)
     run.precision = choose_precision(run.precision)
-    if run.strategy not in ("auto", "ddp", "fsdp"):
+    if run.strategy not in STRATEGIES:
         raise UserError(f"Unknown --strategy {run.strategy!r}: choose auto, ddp or fsdp")
     if run.fsdp_cpu_offload and not torch.cuda.is_available():
         raise UserError("--fsdp_cpu_offload moves GPU shards to CPU memory: it needs CUDA")
@@ -89,17 +86,6 @@ def check_inputs(run: Run) -> None:
         raise UserError(f"--tokenizer_dir {run.tokenizer_dir} does not exist")
 
 
-def world_size(run: Run) -> int:
-    devices = run.devices
-    if isinstance(devices, str):
-        devices = (
-            torch.cuda.device_count()
-            if devices in ("auto", "-1") and torch.cuda.is_available()
-            else (int(devices) if devices.isdigit() else 1)
-        )
-    return max(int(devices), 1) * run.num_nodes
-
-
 def choose_precision(precision: str | None) -> str:
     """The given precision (aliases like "bf16" resolved), or the hardware's fast training default."""
     from litgpt_lite.precision import normalize_precision
@@ -107,117 +93,120 @@ def choose_precision(precision: str | None) -> str:
     return normalize_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", training=True)
 
 
-# ---------------------------------------------------------------- Fabric
-def make_fabric(run: Run):
-    import lightning as L
-
-    precision = choose_precision(run.precision)
-    accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    strategy: Any = "auto"
-    if run.strategy == "fsdp":
-        from lightning.fabric.strategies import ModelParallelStrategy
-
-        parallelize = functools.partial(_fully_shard, run.train.activation_checkpointing, run.fsdp_cpu_offload)
-        strategy = ModelParallelStrategy(
-            parallelize_fn=parallelize, data_parallel_size=world_size(run), tensor_parallel_size=1
-        )
-    elif run.strategy == "ddp" or world_size(run) > 1:
-        strategy = "ddp"
-    return L.Fabric(
-        accelerator=accelerator, devices=run.devices, num_nodes=run.num_nodes, strategy=strategy, precision=precision
-    )
-
-
-def _fully_shard(activation_checkpointing: bool, cpu_offload: bool, model, device_mesh):
-    """FSDP2: shard each block, then the root (embeddings, final norm, head)."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
-
-    mesh = device_mesh["data_parallel"]
-    kwargs: dict[str, Any] = {"mesh": mesh}
-    if cpu_offload:
-        kwargs["offload_policy"] = CPUOffloadPolicy()
-    if activation_checkpointing:
-        checkpoint_blocks(model)
-    for block in model.transformer.h:
-        fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
-    return model
-
-
-def checkpoint_blocks(model) -> None:
-    """Activation checkpointing: each block recomputes its activations in backward (state dict keys unchanged)."""
-    from torch.utils.checkpoint import checkpoint
-
-    for block in model.transformer.h:
-        inner = block.forward
-
-        def forward(*args, _inner=inner, **kwargs):
-            if not torch.is_grad_enabled():
-                return _inner(*args, **kwargs)
-            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-
-        block.forward = forward
-
-
 def launch(run: Run) -> dict[str, Any]:
-    """Check inputs, start the processes, train; returns a summary (rank 0's)."""
+    """Check inputs, start the processes, train; returns a summary (rank 0's): the final TrainState and the
+    number of steps (the per-step metrics are in out_dir/logs/metrics.csv)."""
     check_inputs(run)
-    fabric = make_fabric(run)
+    fabric = make_fabric(
+        run.devices,
+        run.num_nodes,
+        run.strategy,
+        choose_precision(run.precision),
+        run.train.activation_checkpointing,
+        run.fsdp_cpu_offload,
+    )
     fabric.launch(_main, run)
     return run.result
 
 
 # ---------------------------------------------------------------- the run on each process
-def _main(fabric, run: Run) -> None:
-    from litgpt_lite.train.checkpoints import TrainState, is_sharded, load_training_checkpoint, resolve_resume
-    from litgpt_lite.train.loggers import Metrics
-    from litgpt_lite.train.loop import FitArgs, fit
-    from litgpt_lite.train.optim import build_optimizer, build_scheduler
+@dataclass
+class _Pieces:
+    """What `fit` trains: the plain model, the model as Fabric set it up, optimizer and scheduler."""
+
+    raw: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def _main(fabric: Fabric, run: Run) -> None:
+    from litgpt_lite.train.checkpoints import resolve_resume
+    from litgpt_lite.train.loop import fit
 
     fabric.seed_everything(run.seed, verbose=False)
     if run.train.reuse_freed_memory and fabric.device.type == "cpu":
+        from litgpt_lite.host_memory import reuse_freed_memory
+
         reuse_freed_memory()
     sharded = is_sharded(fabric)
     if sharded and run.train.chunked_ce:
         raise UserError("--train.chunked_ce runs the head outside the sharded forward: drop it with --strategy fsdp")
-    resume_from = resolve_resume(run.resume, run.out_dir)
+    resume_from = resolve_resume(run.resume, run.out_dir, warn=fabric.print)
     tokenizer = _tokenizer(run)
     config = run.model_config if run.model_config is not None else _load_config(run.checkpoint_dir)
     max_seq_length = _max_seq_length(run.train, config)
+    _check_vocab(tokenizer, config)
+    splits = _build_data(fabric, run, tokenizer, max_seq_length)
+    total_steps = _total_steps(run.train, splits.train)
+    pieces = _setup_training(fabric, run, config, total_steps, sharded)
+    state = _resume(fabric, run, resume_from, pieces)
+    if fabric.global_rank == 0:
+        write_hyperparameters(run.out_dir, run.hparams)
+    resume_step = state.step if resume_from is not None else None
+    args = _fit_args(fabric, run, pieces.raw, tokenizer, splits, total_steps, max_seq_length, resume_step)
+    _announce(fabric, run, total_steps)
+    state = fit(fabric, pieces.model, pieces.optimizer, pieces.scheduler, splits.train, splits.val, args, state)
+    if args.metrics is not None:
+        args.metrics.close()
+    _export(fabric, run, pieces, sharded)
+    run.result.update(state=state, total_steps=total_steps)
+
+
+def _check_vocab(tokenizer: Tokenizer | None, config: Config) -> None:
     if tokenizer is not None and tokenizer.vocab_size > config.padded_vocab_size:
         raise UserError(
             f"The tokenizer has {tokenizer.vocab_size} tokens but the model only {config.padded_vocab_size}: "
             "pass a matching --tokenizer_dir or raise the model's vocab_size"
         )
-    splits = _build_data(fabric, run, tokenizer, max_seq_length)
-    total_steps = _total_steps(run.train, splits.train)
 
-    model = _build_model(fabric, run, config)
-    model = run.recipe.prepare(model)
-    if run.train.activation_checkpointing and not sharded:
-        checkpoint_blocks(model)
-    _report_params(fabric, model)
-    raw = model
-    if run.train.compile:
-        model = torch.compile(model)
-    model = fabric.setup_module(model)
+
+def _setup_training(fabric: Fabric, run: Run, config: Config, total_steps: int, sharded: bool) -> _Pieces:
+    """The recipe-prepared model (levers applied) and its optimizer and schedule, set up by Fabric."""
+    from litgpt_lite.train.distributed import checkpoint_blocks
+    from litgpt_lite.train.optim import build_optimizer, build_scheduler
+
+    raw = run.recipe.prepare(_build_model(run, config))
+    if run.train.activation_checkpointing and not sharded:  # FSDP checkpoints each block as it shards it
+        checkpoint_blocks(raw)
+    _report_params(fabric, raw)
+    model = fabric.setup_module(torch.compile(raw) if run.train.compile else raw)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError(f"The {run.recipe.name} recipe left no trainable parameters: choose some layers to train")
     optimizer = build_optimizer(run.optimizer, params, run.optimizer_defaults, fabric.device.type)
     optimizer = fabric.setup_optimizers(optimizer)
     scheduler = build_scheduler(optimizer, run.train.lr_warmup_steps, total_steps, run.train.min_lr)
+    return _Pieces(raw, model, optimizer, scheduler)
 
-    state = TrainState()
-    if resume_from is not None:
-        state = load_training_checkpoint(fabric, resume_from, run.recipe, model, optimizer, scheduler)
-        fabric.print(f"Resumed from {resume_from} at step {state.step}")
-    if fabric.global_rank == 0:
-        write_hyperparameters(run.out_dir, run.hparams)
-    metrics = Metrics(
-        run.out_dir, run.logger_name, state.step if resume_from else None, run.hparams, enabled=fabric.global_rank == 0
-    )
-    args = FitArgs(
+
+def _resume(fabric: Fabric, run: Run, resume_from: Path | None, pieces: _Pieces) -> TrainState:
+    from litgpt_lite.train.checkpoints import TrainState, load_training_checkpoint
+
+    if resume_from is None:
+        return TrainState()
+    state = load_training_checkpoint(fabric, resume_from, run.recipe, pieces.model, pieces.optimizer, pieces.scheduler)
+    fabric.print(f"Resumed from {resume_from} at step {state.step}")
+    return state
+
+
+def _fit_args(
+    fabric: Fabric,
+    run: Run,
+    raw: torch.nn.Module,
+    tokenizer: Tokenizer | None,
+    splits: Splits,
+    total_steps: int,
+    max_seq_length: int,
+    resume_step: int | None,
+) -> FitArgs:
+    from litgpt_lite.train.flops import flops_per_token, peak_flops
+    from litgpt_lite.train.loggers import Metrics
+    from litgpt_lite.train.loop import FitArgs
+
+    sharded = is_sharded(fabric)
+    metrics = Metrics(run.out_dir, run.logger_name, resume_step, run.hparams, enabled=fabric.global_rank == 0)
+    return FitArgs(
         train=run.train,
         eval=run.eval,
         out_dir=run.out_dir,
@@ -227,54 +216,22 @@ def _main(fabric, run: Run) -> None:
         pad_id=_pad_id(tokenizer),
         metrics=metrics,
         sample=None if sharded else make_sampler(tokenizer, splits.val, run.eval.max_new_tokens),
-        flops_per_token=_flops_per_token(raw, max_seq_length),
-        peak_flops=_peak_flops(fabric),
+        flops_per_token=flops_per_token(raw, max_seq_length),
+        peak_flops=peak_flops(fabric.device, str(fabric.strategy.precision.precision)),
         flatten_packed=not run.train.compile and _attends_segmentwise(raw),
     )
+
+
+def _announce(fabric: Fabric, run: Run, total_steps: int) -> None:
     fabric.print(
         f"Training {total_steps} steps of {run.train.global_batch_size} samples "
         f"({run.train.gradient_accumulation_iters(fabric.world_size)} micro batch(es) of "
         f"{run.train.micro_batch_size} per device, {fabric.world_size} device(s), precision "
         f"{fabric.strategy.precision.precision})"
     )
-    state = fit(fabric, model, optimizer, scheduler, splits.train, splits.val, args, state)
-    metrics.close()
-    _export(fabric, run, raw, model, sharded)
-    run.result.update(state=state, history=args.history, total_steps=total_steps)
 
 
-# glibc mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-
-
-def _attends_segmentwise(model: torch.nn.Module) -> bool:
-    """Whether every attention layer runs packed samples one segment at a time (eager, no sliding window, no
-    softcap). Only then may a micro batch of packed rows run as one long row: a layer that builds the full
-    boolean mask would attend over (rows x row length)^2 pairs instead of rows x row length^2. A compiled model
-    keeps the fixed row shape too, so new lengths do not recompile it."""
-    from litgpt_lite.model import CausalSelfAttention
-
-    return all(m.segmentwise for m in model.modules() if isinstance(m, CausalSelfAttention))
-
-
-def reuse_freed_memory() -> bool:
-    """Make glibc malloc keep freed memory in this process for reuse (see `TrainArgs.reuse_freed_memory`): blocks of
-    any size up to 1 GiB come from the heap instead of their own `mmap`, and the heap's free top is never returned
-    to the kernel. PyTorch's CPU allocator has no cache of its own, so this is what spares a training step the
-    kernel's page faults and zeroing of its largest tensors. Returns False where the C library is not glibc."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-    except OSError:
-        return False
-    if not hasattr(libc, "gnu_get_libc_version"):  # glibc's own symbol: other C libraries' mallopt differ
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-def _tokenizer(run: Run):
+def _tokenizer(run: Run) -> Tokenizer | None:
     from litgpt_lite.tokenizer import Tokenizer
 
     source = run.tokenizer_dir or run.checkpoint_dir
@@ -288,7 +245,7 @@ def _tokenizer(run: Run):
         return None
 
 
-def _load_config(checkpoint_dir: Path | None):
+def _load_config(checkpoint_dir: Path | None) -> Config:
     from litgpt_lite.checkpoint import load_config
 
     if checkpoint_dir is None:
@@ -296,7 +253,7 @@ def _load_config(checkpoint_dir: Path | None):
     return load_config(checkpoint_dir)
 
 
-def _max_seq_length(train: TrainArgs, config) -> int:
+def _max_seq_length(train: TrainArgs, config: Config) -> int:
     if train.max_seq_length is None:
         return config.block_size
     if train.max_seq_length > config.block_size:
@@ -308,7 +265,7 @@ def _max_seq_length(train: TrainArgs, config) -> int:
     return train.max_seq_length
 
 
-def _build_data(fabric, run: Run, tokenizer, max_seq_length: int):
+def _build_data(fabric: Fabric, run: Run, tokenizer: Tokenizer | None, max_seq_length: int) -> Splits:
     from litgpt_lite.data.base import DataContext
 
     style = None
@@ -331,7 +288,7 @@ def _build_data(fabric, run: Run, tokenizer, max_seq_length: int):
     return splits
 
 
-def _total_steps(train: TrainArgs, dataset) -> int:
+def _total_steps(train: TrainArgs, dataset: Dataset) -> int:
     G = train.global_batch_size
     candidates = []
     if train.max_steps is not None:
@@ -344,7 +301,7 @@ def _total_steps(train: TrainArgs, dataset) -> int:
     return max(1, min(candidates))
 
 
-def _build_model(fabric, run: Run, config):
+def _build_model(run: Run, config: Config) -> torch.nn.Module:
     from litgpt_lite.checkpoint import load_model
     from litgpt_lite.model import GPT
 
@@ -356,35 +313,31 @@ def _build_model(fabric, run: Run, config):
     return model.train()
 
 
-def _report_params(fabric, model) -> None:
+def _report_params(fabric: Fabric, model: torch.nn.Module) -> None:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fabric.print(f"Parameters: {trainable:,} trainable of {total:,}")
 
 
-def _pad_id(tokenizer) -> int:
+def _pad_id(tokenizer: Tokenizer | None) -> int:
     if tokenizer is not None and tokenizer.pad_id is not None:
         return tokenizer.pad_id
     return 0
 
 
-def _flops_per_token(model, seq_len: int) -> float:
-    """Training FLOPs per token: 2N forward, 2N backward through activations, 2N' weight gradients (trainable)."""
-    n = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    c = model.config
-    attention = 6 * c.n_layer * c.n_head * c.head_size * seq_len  # causal QK^T and AV, forward + backward
-    return 4 * n + 2 * n_train + attention
+def _attends_segmentwise(model: torch.nn.Module) -> bool:
+    """Whether every attention layer runs packed samples one segment at a time (eager, no sliding window, no
+    softcap). Only then may a micro batch of packed rows run as one long row: a layer that builds the full
+    boolean mask would attend over (rows x row length)^2 pairs instead of rows x row length^2. A compiled model
+    keeps the fixed row shape too, so new lengths do not recompile it."""
+    from litgpt_lite.model import CausalSelfAttention
+
+    return all(m.segmentwise for m in model.modules() if isinstance(m, CausalSelfAttention))
 
 
-def _peak_flops(fabric) -> float | None:
-    if fabric.device.type != "cuda" or "bf16" not in str(fabric.strategy.precision.precision):
-        return None
-    name = torch.cuda.get_device_name(fabric.device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
-
-
-def make_sampler(tokenizer, val_data, max_new_tokens: int):
+def make_sampler(
+    tokenizer: Tokenizer | None, val_data: Dataset | None, max_new_tokens: int
+) -> Callable[[torch.nn.Module], str | None] | None:
     """A function model -> one generated sample from the first validation prompt, or None if it cannot run."""
     if tokenizer is None or val_data is None or len(val_data) == 0 or max_new_tokens == 0:
         return None
@@ -398,10 +351,8 @@ def make_sampler(tokenizer, val_data, max_new_tokens: int):
     # SFT: the prompt is everything before the first answer token; pretraining (every token trained): a short prefix
     prompt = item["input_ids"][: first + 1 if first > 0 else 16].tolist()
 
-    def sample(model) -> str | None:
-        from litgpt_lite.train.checkpoints import _raw
-
-        raw = _raw(model)
+    def sample(model: torch.nn.Module) -> str | None:
+        raw = unwrap(model)
         was_training = raw.training
         raw.eval()
         try:
@@ -416,28 +367,41 @@ def make_sampler(tokenizer, val_data, max_new_tokens: int):
     return sample
 
 
-def _export(fabric, run: Run, raw, model, sharded: bool) -> None:
+def _export(fabric: Fabric, run: Run, pieces: _Pieces, sharded: bool) -> None:
+    """The recipe's final artifact in out_dir/final (a full disk: one line, what was saved before stays)."""
+    from litgpt_lite.train.checkpoints import is_disk_full, no_space_error, tensor_bytes
+
     final = Path(run.out_dir) / "final"
     base = run.checkpoint_dir or run.tokenizer_dir
+    exported = pieces.raw
     if sharded:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from litgpt_lite.train.distributed import gather_full_state
 
-        full = get_model_state_dict(
-            model.module if hasattr(model, "module") else model,
-            options=StateDictOptions(full_state_dict=True, cpu_offload=True),
-        )
-        if fabric.global_rank == 0:
-            plain = _plain_copy(run, full)
-            run.recipe.export(plain, final, base)
-    elif fabric.global_rank == 0:
-        run.recipe.export(raw, final, base)
+        full = gather_full_state(pieces.model)
+        exported = _plain_copy(run, full) if fabric.global_rank == 0 else None
+    if fabric.global_rank == 0:
+        try:
+            run.recipe.export(exported, final, base)
+        except (OSError, RuntimeError) as e:
+            needed = tensor_bytes(run.recipe.trainable_state(exported)) + _file_bytes(base)
+            if not is_disk_full(e, final, needed):
+                raise
+            raise no_space_error(final, needed) from None
     fabric.barrier()
     if fabric.global_rank == 0:
         write_hyperparameters(final, run.hparams)
         fabric.print(f"Saved the {run.recipe.name} result to {final}")
 
 
-def _plain_copy(run: Run, full_state: dict[str, torch.Tensor]):
+def _file_bytes(directory: Path | None) -> int:
+    """The size of the files an export copies from the base checkpoint (everything but its weights)."""
+    if directory is None or not Path(directory).is_dir():
+        return 0
+    weights = (".safetensors", ".bin", ".pth", ".pt", ".gguf")
+    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file() and p.suffix not in weights)
+
+
+def _plain_copy(run: Run, full_state: dict[str, torch.Tensor]) -> torch.nn.Module:
     """An unsharded CPU model with the gathered weights, for export after FSDP."""
     from litgpt_lite.model import GPT
 
@@ -445,36 +409,3 @@ def _plain_copy(run: Run, full_state: dict[str, torch.Tensor]):
     model = run.recipe.prepare(GPT(config))
     model.load_state_dict(full_state, strict=False)
     return model
-
-
-# ---------------------------------------------------------------- hyperparameters.yaml
-def hyperparameters(func, values: dict[str, Any]) -> dict[str, Any]:
-    """The entrypoint's arguments as plain YAML data; `--config` on it re-creates the run from scratch."""
-    out: dict[str, Any] = {}
-    for name in inspect.signature(func).parameters:
-        out[name] = _plain(values[name])
-    if "resume" in out:
-        out["resume"] = False
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if hasattr(value, "to_config"):
-        return _plain(value.to_config())
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def write_hyperparameters(out_dir: Path, hparams: dict[str, Any]) -> None:
-    import yaml
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "hyperparameters.yaml").write_text(yaml.safe_dump(hparams, sort_keys=False))

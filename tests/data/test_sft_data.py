@@ -174,3 +174,19 @@ def test_collate_pads_right_with_no_loss():
     batch = collate(items, pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [9, 0, 0]]
     assert batch["labels"].tolist() == [[6, 7, 8], [3, IGNORE_INDEX, IGNORE_INDEX]]
+
+
+@pytest.mark.parametrize("cls, name", [(JSON, "data.json"), (JSON, "data.jsonl"), (Chat, "chat.jsonl")])
+def test_non_utf8_data_file_is_one_line_naming_it(tokenizer, tmp_path, cls, name):
+    """A Latin-1 file (an 'é' as the single byte 0xE9) names the file, the byte offset and the line."""
+    record = {"instruction": "Say café", "output": "café", "messages": [{"role": "user", "content": "hi"}]}
+    text = json.dumps(record, ensure_ascii=False)
+    body = f"[{text}]" if name.endswith(".json") else f"{text}\n{text}\n"
+    path = tmp_path / name
+    path.write_bytes(body.encode("latin-1"))
+    offset = body.encode("latin-1").index(b"\xe9")
+    with pytest.raises(UserError) as info:
+        cls(path).build(ctx(tokenizer))
+    message = str(info.value)
+    assert str(path) in message and f"byte {offset} (line 1" in message and "UTF-8" in message
+    assert "\n" not in message

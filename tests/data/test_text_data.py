@@ -112,3 +112,20 @@ def test_pretrain_data_path_picks_the_module(tmp_path):
     assert isinstance(_data_from_path(str(BUNDLED_CORPUS)), TextFiles)
     with pytest.raises(UserError, match="not a data module name"):
         _data_from_path(str(tmp_path / "nothing"))
+
+
+def test_text_files_not_utf8_are_read_with_a_note_naming_them(tokenizer, tmp_path, capsys):
+    """A corpus file with a stray Latin-1 byte still trains (the byte reads as U+FFFD), and the run says which file
+    and where, instead of replacing it silently."""
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "a.txt").write_text("The moon circles the earth. " * 40)
+    latin = ("Caf\xe9 au lait. " * 40).encode("latin-1")
+    (tmp_path / "txt" / "b.txt").write_bytes(latin)
+    splits = TextFiles(tmp_path / "txt", val_split_fraction=0.2, cache_dir=tmp_path / "c").build(
+        DataContext(tokenizer, 32)
+    )
+    assert len(splits.train) > 0
+    printed = capsys.readouterr().out
+    offset = latin.index(b"\xe9")
+    assert f"{tmp_path / 'txt' / 'b.txt'}: byte {offset} (line 1" in printed
+    assert "1 file(s) are not valid UTF-8" in printed

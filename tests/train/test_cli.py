@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -67,6 +66,14 @@ def test_empty_dataset_is_one_line(capsys, tmp_path, tiny_ckpt):
     assert "empty" in err
 
 
+def test_non_utf8_json_data_is_one_line(capsys, tmp_path, tiny_ckpt):
+    data = tmp_path / "latin1.json"
+    data.write_bytes('[{"instruction": "Say caf\xe9", "output": "ok"}]'.encode("latin-1"))
+    argv = ["finetune_full", str(tiny_ckpt), "--data", "JSON", "--data.json_path", str(data)]
+    err = _error(capsys, [*argv, "--out_dir", str(tmp_path / "out")])
+    assert f"{data} is not UTF-8 text: byte 25 (line 1" in err
+
+
 def test_missing_checkpoint_is_one_line(capsys, tmp_path):
     assert "does not exist" in _error(capsys, ["finetune_lora", str(tmp_path / "nowhere")])
 
@@ -98,10 +105,29 @@ def _cli(out_dir: Path, ckpt: Path, *extra: str) -> list[str]:
     ]
 
 
+# The CLI in a process whose step-4 checkpoint save stalls halfway: after the weights, optimizer and RNG files,
+# before state.json (the file that completes a save).
+STALLED_SAVE = """
+import sys, time
+import litgpt_lite.train.checkpoints as checkpoints
+from litgpt_lite.__main__ import main
+
+write_state = checkpoints._write_state
+
+def stalled(tmp, info):
+    if info["train_state"]["step"] == 4:
+        time.sleep(120)
+    write_state(tmp, info)
+
+checkpoints._write_state = stalled
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, tiny_ckpt):
     out = tmp_path / "out"
-    env = {**os.environ, "LITGPT_LITE_TEST_SAVE_SLEEP": "4:120"}  # the step-4 save stalls halfway
-    proc = subprocess.Popen(_cli(out, tiny_ckpt), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    argv = [sys.executable, "-c", STALLED_SAVE, *_cli(out, tiny_ckpt)[3:]]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     partial = out / "checkpoints" / ".step-000004.tmp"
     deadline = time.time() + 240
     while not (partial / "rng-rank0.pt").is_file():

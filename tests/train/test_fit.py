@@ -33,7 +33,7 @@ def _train(steps: int, save_interval: int | None = None, **kw) -> TrainArgs:
 
 
 def test_finetune_full_lowers_loss_on_bundled_data(tiny_ckpt, tmp_path):
-    result = finetune_full(
+    finetune_full(
         tiny_ckpt,
         out_dir=tmp_path / "out",
         train=_train(20),
@@ -41,7 +41,7 @@ def test_finetune_full_lowers_loss_on_bundled_data(tiny_ckpt, tmp_path):
         optimizer={"lr": 3e-3},
         precision="32-true",
     )
-    curve = losses(result)
+    curve = losses(tmp_path / "out")
     assert len(curve) == 20
     assert sum(curve[-3:]) / 3 < curve[0] - 0.5  # clearly learning, not noise
     final = tmp_path / "out" / "final"
@@ -60,7 +60,7 @@ def test_finetune_full_lowers_loss_on_bundled_data(tiny_ckpt, tmp_path):
 
 @pytest.mark.skipif(not _lora_available(), reason="litgpt_lite.lora is not importable yet")
 def test_finetune_lora_lowers_loss(tiny_ckpt, tmp_path):
-    result = finetune_lora(
+    finetune_lora(
         tiny_ckpt,
         out_dir=tmp_path / "out",
         train=_train(20),
@@ -73,7 +73,7 @@ def test_finetune_lora_lowers_loss(tiny_ckpt, tmp_path):
         lora_projection=True,
         lora_dropout=0.0,
     )
-    curve = losses(result)
+    curve = losses(tmp_path / "out")
     assert sum(curve[-3:]) / 3 < curve[0] - 0.3
 
 
@@ -81,7 +81,7 @@ def test_pretrain_lowers_loss_on_bundled_corpus(tmp_path):
     from litgpt_lite.config import Config
 
     train = train_args(25, micro_batch_size=8, max_seq_length=64, lr_warmup_steps=3, log_interval=5)
-    result = pretrain(
+    pretrain(
         model_config=Config(**TINY),
         out_dir=tmp_path / "out",
         train=train,
@@ -89,7 +89,8 @@ def test_pretrain_lowers_loss_on_bundled_corpus(tmp_path):
         optimizer={"lr": 5e-3},
         precision="32-true",
     )
-    curve = losses(result)
+    curve = losses(tmp_path / "out")
+    assert len(curve) == 6  # steps 1, 5, 10, 15, 20, 25: every log_interval, plus the first
     assert curve[0] > math.log(1024) - 0.5  # starts near uniform over the vocabulary
     assert sum(curve[-3:]) / 3 < curve[0] - 1.5
     assert (tmp_path / "out" / "final" / "lit_model.safetensors").is_file()
@@ -127,30 +128,34 @@ def test_resume_equals_uninterrupted_run(method, tiny_ckpt, tmp_path):
             return finetune_lora(wide, lora_dropout=0.1, quantize="bnb.nf4", **common)
         return finetune_full(tiny_ckpt, **common)
 
-    full = run(tmp_path / "a")
+    run(tmp_path / "a")
     step3 = tmp_path / "a" / "checkpoints" / "step-000003"
     assert (step3 / "state.json").is_file()
-    resumed = run(tmp_path / "b", resume=step3)
-    a, b = losses(full), losses(resumed)
+    run(tmp_path / "b", resume=step3)
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(a) == 6 and len(b) == 3
     for x, y in zip(a[3:], b):
         assert abs(x - y) < 1e-6, (a, b)
 
 
-def test_resume_auto_continues_from_the_newest_checkpoint(tiny_ckpt, tmp_path):
+def test_resume_auto_continues_from_the_newest_checkpoint(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "out"
     finetune_full(tiny_ckpt, out_dir=out, train=_train(4, save_interval=2), eval=QUICK_EVAL, precision="32-true")
-    # A longer run in the same out_dir picks up at step 4 rather than starting over.
+    capsys.readouterr()
+    # The same run again in the same out_dir picks up at step 4 (its end) rather than starting over.
     result = finetune_full(
         tiny_ckpt, out_dir=out, train=_train(4, save_interval=2), eval=QUICK_EVAL, precision="32-true", resume="auto"
     )
-    assert result["state"].step == 4 and losses(result) == []
+    printed = capsys.readouterr().out
+    assert result["state"].step == 4
+    assert "step-000004 at step 4" in printed and "| loss" not in printed  # no step trained again
+    assert len(losses(out)) == 4  # the first run's rows, kept
 
 
 def test_hyperparameters_yaml_reproduces_the_run(tiny_ckpt, tmp_path):
     from jsonargparse import ArgumentParser
 
-    first = finetune_full(
+    finetune_full(
         tiny_ckpt,
         out_dir=tmp_path / "a",
         train=_train(3),
@@ -173,16 +178,16 @@ def test_hyperparameters_yaml_reproduces_the_run(tiny_ckpt, tmp_path):
         ["--config", str(tmp_path / "a" / "hyperparameters.yaml"), "--out_dir", str(tmp_path / "b")]
     )
     init = parser.instantiate_classes(cfg)
-    second = finetune_full(**{k: v for k, v in init.items() if k != "config"})
-    assert losses(second) == pytest.approx(losses(first), abs=1e-6)
+    finetune_full(**{k: v for k, v in init.items() if k != "config"})
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), abs=1e-6)
 
 
 def test_packed_fine_tuning_runs_and_learns(tiny_ckpt, tmp_path):
     from litgpt_lite.data import Instructions
 
     data = Instructions(packing=True, prompt_style="default")
-    train = train_args(12, global_batch_size=4, micro_batch_size=2, lr_warmup_steps=1, log_interval=4)
-    result = finetune_full(
+    train = train_args(12, global_batch_size=4, micro_batch_size=2, lr_warmup_steps=1)  # every step logged
+    finetune_full(
         tiny_ckpt,
         out_dir=tmp_path / "out",
         data=data,
@@ -191,7 +196,7 @@ def test_packed_fine_tuning_runs_and_learns(tiny_ckpt, tmp_path):
         optimizer={"lr": 3e-3},
         precision="32-true",
     )
-    curve = losses(result)
+    curve = losses(tmp_path / "out")
     # each micro batch of packed rows runs as one row without the rows' padding tails: only real tokens count
     from litgpt_lite.data import DataContext
     from litgpt_lite.tokenizer import Tokenizer
@@ -201,5 +206,7 @@ def test_packed_fine_tuning_runs_and_learns(tiny_ckpt, tmp_path):
     rows = Instructions(packing=True, prompt_style="default").build(ctx).train
     real = [sum(len(rows.samples[s][0]) for s in row) for row in rows.rows]  # every sample has targets
     expected = sum(real[i] for step in range(12) for i in step_indices(step, len(rows), 4, 42)[0])
-    assert result["history"][-1]["tokens"] == expected < 12 * 4 * 128
+    from litgpt_lite.train.loggers import read_metrics
+
+    assert int(read_metrics(tmp_path / "out" / "logs" / "metrics.csv")[-1]["tokens"]) == expected < 12 * 4 * 128
     assert sum(curve[-3:]) / 3 < curve[0] - 0.25

@@ -48,3 +48,20 @@ def test_training_process_reuses_freed_memory():
     # glibc's default faults each step's logits and their gradient in afresh; kept memory spares most of that
     pages_per_step = 2 * LOGITS_MB * 2**20 / 4096
     assert returned - kept > (STEPS - 1) * pages_per_step, (kept, returned)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_host_memory_switches_take_effect_on_glibc():
+    """Both calls reach glibc (a fresh process: the settings are process-wide); elsewhere they return False."""
+    script = (
+        "import ctypes, sys\n"
+        "from litgpt_lite.host_memory import release_freed_memory, reuse_freed_memory\n"
+        "glibc = hasattr(ctypes.CDLL(None), 'gnu_get_libc_version')\n"
+        "blocks = [bytearray(1 << 20) for _ in range(64)]\n"
+        "del blocks\n"
+        "print(glibc, reuse_freed_memory(), isinstance(release_freed_memory(), bool))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    glibc, reused, released = proc.stdout.split()
+    assert reused == glibc and released == "True"

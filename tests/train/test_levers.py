@@ -11,8 +11,8 @@ from train_helpers import tiny_config
 
 from litgpt_lite.data.base import IGNORE_INDEX, PackedRows, SampleList, collate, flatten_packed
 from litgpt_lite.model import GPT
-from litgpt_lite.train.loop import count_targets, loss_sum
-from litgpt_lite.train.runtime import checkpoint_blocks
+from litgpt_lite.train.distributed import checkpoint_blocks
+from litgpt_lite.train.loss import count_targets, loss_sum
 
 
 def _samples(n: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
@@ -207,19 +207,19 @@ def test_a_segment_id_in_two_runs_takes_the_mask():
 def test_row_chunked_cross_entropy_equals_one_call():
     """The loss runs the cross-entropy `CE_ROWS` rows at a time: same sum and gradient as one call over all rows,
     and a micro batch with no loss rows still yields a 0 that backward goes through."""
-    from litgpt_lite.train.loop import CE_ROWS, _cross_entropy_sum
+    from litgpt_lite.train.loss import CE_ROWS, cross_entropy_sum
 
     torch.manual_seed(0)
     logits = torch.randn(2 * CE_ROWS + 17, 50, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 50, (logits.shape[0],))
     targets[::7] = IGNORE_INDEX
-    chunked = _cross_entropy_sum(logits, targets)
+    chunked = cross_entropy_sum(logits, targets)
     (grad_chunked,) = torch.autograd.grad(chunked, logits)
     whole = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
     (grad_whole,) = torch.autograd.grad(whole, logits)
     torch.testing.assert_close(chunked, whole.float(), rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(grad_chunked, grad_whole, rtol=1e-6, atol=1e-7)
     empty = torch.randn(0, 50, requires_grad=True)
-    zero = _cross_entropy_sum(empty, torch.zeros(0, dtype=torch.long))
+    zero = cross_entropy_sum(empty, torch.zeros(0, dtype=torch.long))
     zero.backward()
     assert zero.item() == 0 and empty.grad is not None

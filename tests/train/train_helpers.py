@@ -58,5 +58,9 @@ def tiny_checkpoint(out_dir: Path, seed: int = 0, prompt_style: str = "alpaca", 
     return save_checkpoint(model, config, out_dir, tokenizer_dir=BUNDLED_TOKENIZER, prompt_style=prompt_style)
 
 
-def losses(result: dict) -> list[float]:
-    return [h["loss"] for h in result["history"] if "loss" in h]
+def losses(out_dir: Path) -> list[float]:
+    """The training losses a run logged to out_dir/logs/metrics.csv (one per logged step; a resumed run's file
+    keeps the rows up to the step it resumed from)."""
+    from litgpt_lite.train.loggers import read_metrics
+
+    return [float(row["loss"]) for row in read_metrics(Path(out_dir) / "logs" / "metrics.csv") if row["loss"]]
