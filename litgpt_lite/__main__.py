@@ -20,7 +20,7 @@ COMMANDS: dict[str, str] = {
     "chat": "litgpt_lite.chat:chat",
     "serve": "litgpt_lite.serve:serve",
     "evaluate": "litgpt_lite.evaluate:evaluate",
-    "quantize": "litgpt_lite.quantize:quantize_cli",
+    "quantize": "litgpt_lite.quantize_cli:quantize_cli",
     "plot": "litgpt_lite.train.plot:plot",
     "prepare_code": "extensions.code_corpus.pipeline:prepare_code",
 }

@@ -27,7 +27,9 @@ import torch.nn as nn
 
 from litgpt_lite.checkpoint import (
     CONFIG,
+    LEGACY_WEIGHTS,
     LORA_WEIGHTS,
+    QUANTIZED_WEIGHTS,
     WEIGHTS,
     atomic_write_file,
     copy_tokenizer_files,
@@ -35,10 +37,13 @@ from litgpt_lite.checkpoint import (
     load_config,
     read_safetensors,
     save_checkpoint,
+    save_state_dict,
     validate_checkpoint_dir,
 )
 from litgpt_lite.errors import UserError
 from litgpt_lite.model import GPT, Linear, is_plain_linear
+from litgpt_lite.modules import set_submodule, unwrap_model
+from litgpt_lite.quantize import check_mode, dense_weight, import_bitsandbytes, quantize_model
 
 LORA_YAML = "lora.yaml"
 
@@ -109,8 +114,6 @@ class LoRALinear(nn.Module):
         return self.base.bias
 
     def base_weight(self) -> torch.Tensor:
-        from litgpt_lite.quantize import dense_weight
-
         return dense_weight(self.base)
 
     def delta_weight(self) -> torch.Tensor:
@@ -207,8 +210,6 @@ def lora_targets(model: nn.Module, cfg: LoRAConfig) -> dict[str, list[tuple[int,
 
 def inject_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """Wrap every selected Linear in a LoRALinear, in place."""
-    from litgpt_lite.quantize import set_submodule
-
     targets = lora_targets(model, cfg)
     if not targets:
         raise UserError("No layer of this model matches the LoRA flags")
@@ -219,22 +220,7 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
-    return {name: m for name, m in unwrap(model).named_modules() if isinstance(m, LoRALinear)}
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The GPT inside a Fabric (`_FabricModule`) or DDP wrapper."""
-    while True:
-        inner = None
-        for attr in ("_original_module", "_forward_module"):
-            if isinstance(getattr(model, attr, None), nn.Module):
-                inner = getattr(model, attr)
-                break
-        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
-            inner = model.module
-        if inner is None or inner is model:
-            return model
-        model = inner
+    return {name: m for name, m in unwrap_model(model).named_modules() if isinstance(m, LoRALinear)}
 
 
 def is_lora_parameter(name: str) -> bool:
@@ -242,15 +228,13 @@ def is_lora_parameter(name: str) -> bool:
 
 
 def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach() for n, p in unwrap(model).named_parameters() if is_lora_parameter(n)}
+    return {n: p.detach() for n, p in unwrap_model(model).named_parameters() if is_lora_parameter(n)}
 
 
 @torch.no_grad()
 def merge_lora_modules(model: nn.Module) -> nn.Module:
     """Replace every LoRALinear by a plain Linear holding its merged weight (needs full-precision bases)."""
-    from litgpt_lite.quantize import set_submodule
-
-    model = unwrap(model)
+    model = unwrap_model(model)
     for name, module in lora_modules(model).items():
         if not is_plain_linear(module.base):
             raise UserError(f"{name} wraps a quantized Linear: merge into the full-precision base with merge_lora")
@@ -300,8 +284,6 @@ class LoRARecipe:
         self.config = LoRAConfig(r, alpha, dropout, query, key, value, projection, mlp, head, dora)
         self.config.validate()
         if quantize is not None:
-            from litgpt_lite.quantize import check_mode, import_bitsandbytes
-
             check_mode(quantize)
             import_bitsandbytes()
         self.quantize = quantize
@@ -312,8 +294,6 @@ class LoRARecipe:
         for p in model.parameters():
             p.requires_grad_(False)
         if self.quantize is not None:
-            from litgpt_lite.quantize import quantize_model
-
             quantize_model(model, self.quantize)
         inject_lora(model, self.config)
         return model
@@ -331,7 +311,7 @@ class LoRARecipe:
 
 def load_lora_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy adapter tensors into the model's adapters; a UserError for a missing, unknown or misshapen one."""
-    params = dict(unwrap(model).named_parameters())
+    params = dict(unwrap_model(model).named_parameters())
     expected = {n for n in params if is_lora_parameter(n)}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
@@ -352,8 +332,6 @@ def save_lora(
     """The adapter weights and lora.yaml, each written atomically, plus the base's config and tokenizer files."""
     import yaml
 
-    from litgpt_lite.checkpoint import save_state_dict
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in lora_state(model).items()}
@@ -369,53 +347,69 @@ def save_lora(
             if (base / name).is_file():
                 shutil.copy2(base / name, out_dir / name)
     if not (out_dir / CONFIG).is_file():
-        unwrap(model).config.save(out_dir / CONFIG)
+        unwrap_model(model).config.save(out_dir / CONFIG)
 
 
-# ---------------------------------------------------------------- reading a LoRA dir
-def read_lora_dir(checkpoint_dir: Path, base_checkpoint_dir: Path | None) -> tuple[LoRAConfig, Path, dict]:
-    """(adapter config, base checkpoint dir, lora.yaml) of a LoRA output dir, with a clear error for each gap."""
+# ---------------------------------------------------------------- reading an adapter dir
+@dataclass
+class Adapter:
+    """What an adapter dir holds: its settings, the base it was trained on, and its tensors."""
+
+    config: LoRAConfig
+    base_checkpoint_dir: Path
+    tensors: dict[str, torch.Tensor]
+    source: str  # the weights file, for error messages
+    info: dict[str, Any]  # lora.yaml as written (e.g. the QLoRA mode the adapters were trained with)
+
+
+def is_lora_dir(checkpoint_dir: str | Path) -> bool:
+    """A finetune_lora output dir: adapters, but no full weights of its own."""
+    path = Path(checkpoint_dir)
+    has_full = (path / WEIGHTS).is_file() or (path / LEGACY_WEIGHTS).is_file()
+    return (path / LORA_WEIGHTS).is_file() and not has_full
+
+
+def read_adapter(
+    adapter_dir: str | Path, base_checkpoint_dir: str | Path | None = None, device: str | torch.device = "cpu"
+) -> Adapter:
+    """The one reader of an adapter dir (finetune_lora's output), with a clear error for each gap.
+
+    Args:
+        adapter_dir: the dir with lit_model.lora.safetensors and lora.yaml.
+        base_checkpoint_dir: the model the adapters belong to (default: the one lora.yaml names).
+        device: where the adapter tensors go.
+    """
     import yaml
 
-    checkpoint_dir = Path(checkpoint_dir)
-    if not checkpoint_dir.is_dir():
-        raise UserError(f"{checkpoint_dir} is not a directory: pass a LoRA fine-tuning output dir")
-    if not (checkpoint_dir / LORA_WEIGHTS).is_file():
-        raise UserError(f"{checkpoint_dir} has no {LORA_WEIGHTS}: pass the output dir of finetune_lora")
-    if not (checkpoint_dir / LORA_YAML).is_file():
-        raise UserError(f"{checkpoint_dir} has no {LORA_YAML}: it holds the adapter settings finetune_lora wrote")
-    info = yaml.safe_load((checkpoint_dir / LORA_YAML).read_text()) or {}
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise UserError(f"{adapter_dir} is not a directory: pass a LoRA fine-tuning output dir")
+    if not (adapter_dir / LORA_WEIGHTS).is_file():
+        raise UserError(f"{adapter_dir} has no {LORA_WEIGHTS}: pass the output dir of finetune_lora")
+    if not (adapter_dir / LORA_YAML).is_file():
+        raise UserError(f"{adapter_dir} has no {LORA_YAML}: it holds the adapter settings finetune_lora wrote")
+    info = yaml.safe_load((adapter_dir / LORA_YAML).read_text()) or {}
     known = {f for f in LoRAConfig.__dataclass_fields__}
     cfg = LoRAConfig(**{k: v for k, v in info.items() if k in known})
     base = base_checkpoint_dir or info.get("base_checkpoint_dir")
     if base is None:
-        raise UserError(f"{checkpoint_dir / LORA_YAML} names no base checkpoint: pass --base_checkpoint_dir")
+        raise UserError(f"{adapter_dir / LORA_YAML} names no base checkpoint: pass --base_checkpoint_dir")
     base = Path(base)
-    if not (base / WEIGHTS).is_file() and not (base / "lit_model.pth").is_file():
+    if not any((base / name).is_file() for name in (WEIGHTS, LEGACY_WEIGHTS, QUANTIZED_WEIGHTS)):
         raise UserError(
-            f"The base checkpoint {base} of {checkpoint_dir} is missing or has no weights: "
+            f"The base checkpoint {base} of {adapter_dir} is missing or has no weights: "
             "pass --base_checkpoint_dir with the model the adapters were trained on"
         )
-    return cfg, base, info
+    tensors = read_safetensors(adapter_dir / LORA_WEIGHTS, device)
+    return Adapter(cfg, base, tensors, str(adapter_dir / LORA_WEIGHTS), info)
 
 
-def load_lora_model(
-    checkpoint_dir: Path,
-    base_checkpoint_dir: Path | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    quantize: str | None = None,
-    merge: bool = True,
-) -> nn.Module:
-    """The base model with a LoRA dir's adapters (merged into plain Linears when the base is not quantized)."""
-    from litgpt_lite.quantize import load_model_for_inference
-
-    cfg, base, _ = read_lora_dir(checkpoint_dir, base_checkpoint_dir)
-    model = load_model_for_inference(base, device=device, dtype=dtype, quantize=quantize)
-    inject_lora(model, LoRAConfig(**{**asdict(cfg), "dropout": 0.0}))
-    adapters = read_safetensors(Path(checkpoint_dir) / LORA_WEIGHTS, device)
-    load_lora_state(model, adapters, source=str(Path(checkpoint_dir) / LORA_WEIGHTS))
-    if merge and quantize is None:
+def apply_adapter(model: nn.Module, adapter: Adapter) -> nn.Module:
+    """Inject the adapter's layers into a loaded model (no dropout) and load its tensors; merged into plain Linears
+    where every adapted base is full precision, kept beside quantized bases otherwise."""
+    inject_lora(model, LoRAConfig(**{**asdict(adapter.config), "dropout": 0.0}))
+    load_lora_state(model, adapter.tensors, source=adapter.source)
+    if all(is_plain_linear(m.base) for m in lora_modules(model).values()):
         merge_lora_modules(model)
     return model.eval()
 
@@ -429,15 +423,15 @@ def merge_lora_cli(checkpoint_dir: Path, base_checkpoint_dir: Path | None = None
         base_checkpoint_dir: the model the adapters were trained on (default: the one lora.yaml names).
         out_dir: where to write the merged checkpoint (default: checkpoint_dir itself, keeping the adapters).
     """
-    cfg, base, info = read_lora_dir(checkpoint_dir, base_checkpoint_dir)
-    base = validate_checkpoint_dir(base)
+    adapter = read_adapter(checkpoint_dir, base_checkpoint_dir)
+    base = validate_checkpoint_dir(adapter.base_checkpoint_dir)
     out_dir = Path(out_dir) if out_dir is not None else Path(checkpoint_dir)
-    print(f"Merging {Path(checkpoint_dir) / LORA_WEIGHTS} into {base} ...")
-    if info.get("quantize"):
-        print(f"The adapters were trained on a {info['quantize']} base; they merge into its full-precision weights.")
-    adapters = read_safetensors(Path(checkpoint_dir) / LORA_WEIGHTS)
+    print(f"Merging {adapter.source} into {base} ...")
+    if adapter.info.get("quantize"):
+        quantized = adapter.info["quantize"]
+        print(f"The adapters were trained on a {quantized} base; they merge into its full-precision weights.")
     config = load_config(base)
-    merged, config = merged_state(base, config, cfg, adapters, source=str(Path(checkpoint_dir) / LORA_WEIGHTS))
+    merged, config = merged_state(base, config, adapter.config, adapter.tensors, source=adapter.source)
     if out_dir.resolve() == Path(checkpoint_dir).resolve():
         _write_in_place(out_dir, merged, config)
     else:
@@ -479,8 +473,6 @@ def merged_state(
 
 def _write_in_place(out_dir: Path, state: dict[str, torch.Tensor], config) -> None:
     """Add the merged weights to the LoRA dir itself: the config first, then the weights, each by rename."""
-    from litgpt_lite.checkpoint import save_state_dict
-
     if config.tie_embeddings:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     atomic_write_file(out_dir / CONFIG, lambda tmp: config.save(tmp))
@@ -492,8 +484,9 @@ __all__ = [
     "LoRAConfig",
     "LoRALinear",
     "LoRARecipe",
+    "apply_adapter",
     "inject_lora",
-    "load_lora_model",
+    "read_adapter",
     "merge_lora_cli",
     "merge_lora_modules",
 ]

@@ -430,10 +430,10 @@ class GenerationAPI(ls.LitAPI):
         self.model = self.tokenizer = None
 
     def setup(self, device) -> None:
-        from litgpt_lite.api import load_inference_model
+        from litgpt_lite.loading import load_for_inference
         from litgpt_lite.tokenizer import Tokenizer
 
-        self.model = load_inference_model(self.checkpoint_dir, device, self.precision, self.quantize)
+        self.model = load_for_inference(self.checkpoint_dir, device, self.precision, self.quantize)[0]
         self.tokenizer = Tokenizer(self.checkpoint_dir)
         if not logger.handlers:  # a spawned worker starts with no logging set up
             handler = logging.StreamHandler()

@@ -6,9 +6,10 @@ import sys
 import pytest
 import torch
 
-from litgpt_lite.checkpoint import SafetensorsReader, load_model, save_checkpoint
+from litgpt_lite.checkpoint import SafetensorsReader, save_checkpoint
 from litgpt_lite.config import Config
 from litgpt_lite.errors import UserError
+from litgpt_lite.loading import load_model
 from litgpt_lite.model import GPT
 
 

@@ -11,17 +11,6 @@ from pathlib import Path
 
 from litgpt_lite.errors import UserError
 
-DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-    "16-true": "float16",
-    "bf16-true": "bfloat16",
-    "32-true": "float32",
-}
 HF_SHARD_BYTES = 5 * 1024**3
 
 
@@ -55,6 +44,7 @@ def convert_to_litgpt(
     from litgpt_lite.convert.engine import convert_tensors
     from litgpt_lite.convert.hf_config import architecture_of
     from litgpt_lite.model import GPT
+    from litgpt_lite.precision import parse_dtype
 
     if not checkpoint_dir.is_dir():
         raise UserError(f"{checkpoint_dir} is not a directory with a Hugging Face model")
@@ -67,9 +57,7 @@ def convert_to_litgpt(
     else:
         config = Config.from_hf_config(hf_config, name=checkpoint_dir.name)
     config.architecture = architecture
-    torch_dtype = getattr(torch, DTYPES[dtype]) if dtype else None
-    if dtype and dtype not in DTYPES:
-        raise UserError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(DTYPES)}")
+    torch_dtype = parse_dtype(dtype)
 
     out_dir = Path(out_dir) if out_dir else checkpoint_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +108,6 @@ def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | Non
         output_dir: the HF folder to write (config.json, model.safetensors sharded past 5 GB, tokenizer files).
         dtype: store the weights in this dtype (float32, bf16, fp16); default keeps the checkpoint's dtype.
     """
-    import torch
     from tqdm import tqdm
 
     from litgpt_lite.checkpoint import (
@@ -133,12 +120,11 @@ def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | Non
     )
     from litgpt_lite.convert.engine import convert_tensors
     from litgpt_lite.convert.hf_config import config_to_hf
+    from litgpt_lite.precision import parse_dtype
 
     checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
     config = load_config(checkpoint_dir)
-    if dtype and dtype not in DTYPES:
-        raise UserError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(DTYPES)}")
-    torch_dtype = getattr(torch, DTYPES[dtype]) if dtype else None
+    torch_dtype = parse_dtype(dtype)
     state = dict(iter_checkpoint_tensors(checkpoint_dir))  # lazy handles: each is read as it is written out
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)

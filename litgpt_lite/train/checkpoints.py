@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from litgpt_lite.errors import UserError
+from litgpt_lite.modules import unwrap_model
 
 CHECKPOINTS = "checkpoints"
 SLEEP_HOOK = "LITGPT_LITE_TEST_SAVE_SLEEP"  # tests: seconds to sleep halfway through a save (kill-during-save)
@@ -117,7 +118,7 @@ def save_training_checkpoint(fabric, out_dir: Path, recipe, model, optimizer, sc
         shutil.rmtree(tmp, ignore_errors=True)  # a stale one from a killed run
         tmp.mkdir(parents=True)
     fabric.barrier()
-    raw = _raw(model)
+    raw = unwrap_model(model)
     if is_sharded(fabric):
         _save_sharded(raw, optimizer, tmp)
     elif fabric.global_rank == 0:
@@ -154,7 +155,7 @@ def load_training_checkpoint(fabric, path: Path, recipe, model, optimizer, sched
     info = json.loads((path / "state.json").read_text())
     if info.get("world_size", fabric.world_size) != fabric.world_size and not is_sharded(fabric):
         fabric.print(f"note: {path} was written by {info['world_size']} process(es), resuming on {fabric.world_size}")
-    raw = _raw(model)
+    raw = unwrap_model(model)
     if is_sharded(fabric):
         _load_sharded(raw, optimizer, path)
     else:
@@ -170,12 +171,6 @@ def load_training_checkpoint(fabric, path: Path, recipe, model, optimizer, sched
     if rng_file.is_file():
         _set_rng_state(torch.load(rng_file, weights_only=True))
     return TrainState(**info["train_state"])
-
-
-def _raw(model) -> torch.nn.Module:
-    """The plain module under Fabric's wrapper and torch.compile."""
-    module = getattr(model, "module", model)
-    return getattr(module, "_orig_mod", module)
 
 
 def _save_sharded(model, optimizer, tmp: Path) -> None:

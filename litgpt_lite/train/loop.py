@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from litgpt_lite.data.base import IGNORE_INDEX, collate, flatten_packed
+from litgpt_lite.modules import unwrap_model
 from litgpt_lite.train.args import EvalArgs, TrainArgs
 from litgpt_lite.train.checkpoints import TrainState, save_training_checkpoint
 
@@ -97,7 +98,7 @@ def loss_sum(fabric, model, batch: dict[str, torch.Tensor], chunk: int = 0, spli
     head = _head(model)
     if not chunk:
         return _chunk_loss(head, fabric, hidden, targets)
-    params = [p for p in _head_module(model).parameters() if p.requires_grad]
+    params = [p for p in unwrap_model(model).lm_head.parameters() if p.requires_grad]
     if not torch.is_grad_enabled() or not (hidden.requires_grad or params):  # validation: no gradients to make
         return sum((_chunk_loss(head, fabric, h, t) for h, t in zip(hidden.split(chunk), targets.split(chunk))))
     return _ChunkedHeadLoss.apply(hidden, targets, head, fabric, chunk, *params)
@@ -140,14 +141,8 @@ def _accumulate(acc: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tenso
     return acc.add_(g)
 
 
-def _head_module(model) -> torch.nn.Module:
-    module = getattr(model, "module", model)
-    return getattr(module, "_orig_mod", module).lm_head
-
-
 def _head(model) -> Callable:
-    module = getattr(model, "module", model)
-    return getattr(module, "_orig_mod", module).logits
+    return unwrap_model(model).logits
 
 
 def _chunk_loss(head, fabric, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -345,7 +345,7 @@ def _total_steps(train: TrainArgs, dataset) -> int:
 
 
 def _build_model(fabric, run: Run, config):
-    from litgpt_lite.checkpoint import load_model
+    from litgpt_lite.loading import load_model
     from litgpt_lite.model import GPT
 
     if run.checkpoint_dir is not None:
@@ -399,9 +399,9 @@ def make_sampler(tokenizer, val_data, max_new_tokens: int):
     prompt = item["input_ids"][: first + 1 if first > 0 else 16].tolist()
 
     def sample(model) -> str | None:
-        from litgpt_lite.train.checkpoints import _raw
+        from litgpt_lite.modules import unwrap_model
 
-        raw = _raw(model)
+        raw = unwrap_model(model)
         was_training = raw.training
         raw.eval()
         try:
