@@ -303,6 +303,7 @@ def evaluate(
         kernels: auto installs this hardware's fast paths (e.g. the CPU bf16 kernels); none keeps torch's modules.
     """
     from litgpt_lite.checkpoint import validate_checkpoint_dir
+    from litgpt_lite.loading import check_load_options, load_for_inference
     from litgpt_lite.precision import normalize_precision, resolve_device
     from litgpt_lite.quantized_checkpoint import is_prequantized
 
@@ -320,14 +321,13 @@ def evaluate(
     limit_value = _limit(limit)
     torch_device = resolve_device(device)
     normalize_precision(dtype, torch_device)
+    check_load_options(quantize, kernels)
     out_dir = Path(out_dir) if out_dir is not None else checkpoint_dir / "evaluate"
 
     with tempfile.TemporaryDirectory(prefix="litgpt_lite_tasks_") as tmp:
         include = [materialize_bundled_tasks(Path(tmp))] + ([Path(include_path)] if include_path else [])
         manager = task_manager_for(names, include)
         check_tasks_load(names, manager)
-        from litgpt_lite.loading import load_for_inference
-
         model, tokenizer, _ = load_for_inference(checkpoint_dir, torch_device, dtype, quantize, kernels=kernels)
         lm = LitLM(model, tokenizer, batch_size=batch_size, seed=seed)
         results = _run(lm, names, manager, num_fewshot, limit_value, seed)

@@ -69,10 +69,7 @@ def load_model(
         adapter: a LoRA output dir whose adapters go on top of `checkpoint_dir` (the base).
         kernels: auto installs this hardware's fast paths; none keeps torch's modules.
     """
-    if quantize is not None:
-        check_mode(quantize)
-    if kernels not in KERNEL_CHOICES:
-        raise UserError(f"--kernels must be one of {', '.join(KERNEL_CHOICES)}, got {kernels!r}")
+    check_load_options(quantize, kernels)
     device = resolve_device(str(device))
     dtype = precision if isinstance(precision, torch.dtype) or precision is None else precision_dtype(precision, device)
     checkpoint_dir = Path(checkpoint_dir)
@@ -86,6 +83,14 @@ def load_model(
     if found is not None:
         apply_adapter(model, found)
     return install_kernels(model, kernels)
+
+
+def check_load_options(quantize: str | None, kernels: str) -> None:
+    """A UserError for an unknown --quantize or --kernels value, so a command can fail before any slow work."""
+    if quantize is not None:
+        check_mode(quantize)
+    if kernels not in KERNEL_CHOICES:
+        raise UserError(f"--kernels must be one of {', '.join(KERNEL_CHOICES)}, got {kernels!r}")
 
 
 def load_for_inference(

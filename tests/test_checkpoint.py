@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -60,6 +61,30 @@ def test_litgpt_pth_loads_without_unpickling_code(tmp_path):
     torch.save({"model": Evil()}, tmp_path / "lit_model.pth")
     with pytest.raises(UserError, match="Cannot read"):
         load_model(tmp_path)
+
+
+def test_legacy_pickle_pth_loads_without_mmap(tmp_path):
+    """A .pth from torch.save(_use_new_zipfile_serialization=False) (LitGPT checkpoints written before torch 1.6)
+    cannot be memory-mapped: it loads read whole, still with weights_only=True, and a malicious one is refused."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config()).eval()
+    model.config.save(tmp_path / "model_config.yaml")
+    state = {k.replace(".attn.qkv.", ".attn.attn."): v for k, v in model.state_dict().items()}
+    torch.save({"model": state}, tmp_path / "lit_model.pth", _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(tmp_path / "lit_model.pth")
+    loaded = load_model(tmp_path)
+    idx = torch.randint(0, 64, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx), model(idx))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"model": Evil()}, tmp_path / "lit_model.pth", _use_new_zipfile_serialization=False)
+    with pytest.raises(UserError, match="Cannot read .*lit_model.pth: UnpicklingError") as e:
+        load_model(tmp_path)
+    assert "\n" not in str(e.value)
 
 
 def test_truncated_safetensors_is_a_clear_error(tmp_path):
