@@ -10,7 +10,8 @@ get an adapter. Each enabled block has its own rank-r pair: `lora_A` stacks the 
 `lora_B` stacks their B rows (rows of the enabled blocks, r), so a disabled block's weights never change.
 
 `LoRARecipe` plugs into the training loop (prepare / trainable_state / load_trainable_state / export);
-`merge_lora_cli` (`litgpt_lite merge_lora`) writes a full checkpoint.
+`read_adapter` / `apply_adapter` put a saved adapter dir on a loaded model (the loader's `adapter=`), and
+`merge_lora.merge_lora_cli` (`litgpt_lite merge_lora`) writes the merged full checkpoint.
 """
 
 from __future__ import annotations
@@ -33,15 +34,11 @@ from litgpt_lite.checkpoint import (
     WEIGHTS,
     atomic_write_file,
     copy_tokenizer_files,
-    iter_checkpoint_tensors,
-    load_config,
     read_safetensors,
-    save_checkpoint,
     save_state_dict,
-    validate_checkpoint_dir,
 )
 from litgpt_lite.errors import UserError
-from litgpt_lite.model import GPT, Linear, is_plain_linear
+from litgpt_lite.model import Linear, is_plain_linear
 from litgpt_lite.modules import set_submodule, unwrap_model
 from litgpt_lite.quantize import check_mode, dense_weight, import_bitsandbytes, quantize_model
 
@@ -154,8 +151,10 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
-        """The weight of one plain Linear computing exactly what this module computes (in eval mode)."""
-        return fold_lora(self.base_weight(), self.lora_A, self.lora_B, self.lora_magnitude, self.blocks, self.scaling)
+        """The weight of one plain Linear computing exactly what this module computes (in eval mode), folded in
+        float32 whatever the weights' dtype (the caller casts it back)."""
+        A, B = self.lora_A.float(), self.lora_B.float()
+        return fold_lora(self.base_weight(), A, B, self.lora_magnitude, self.blocks, self.scaling)
 
 
 def lora_delta(A: torch.Tensor, B: torch.Tensor, blocks: list[tuple[int, int]], r: int, out_features: int):
@@ -414,71 +413,6 @@ def apply_adapter(model: nn.Module, adapter: Adapter) -> nn.Module:
     return model.eval()
 
 
-# ---------------------------------------------------------------- merge_lora
-def merge_lora_cli(checkpoint_dir: Path, base_checkpoint_dir: Path | None = None, out_dir: Path | None = None) -> None:
-    """Merge LoRA adapters into their base model and write a full checkpoint (loads in generate, converts to HF).
-
-    Args:
-        checkpoint_dir: the LoRA output dir (lit_model.lora.safetensors and lora.yaml).
-        base_checkpoint_dir: the model the adapters were trained on (default: the one lora.yaml names).
-        out_dir: where to write the merged checkpoint (default: checkpoint_dir itself, keeping the adapters).
-    """
-    adapter = read_adapter(checkpoint_dir, base_checkpoint_dir)
-    base = validate_checkpoint_dir(adapter.base_checkpoint_dir)
-    out_dir = Path(out_dir) if out_dir is not None else Path(checkpoint_dir)
-    print(f"Merging {adapter.source} into {base} ...")
-    if adapter.info.get("quantize"):
-        quantized = adapter.info["quantize"]
-        print(f"The adapters were trained on a {quantized} base; they merge into its full-precision weights.")
-    config = load_config(base)
-    merged, config = merged_state(base, config, adapter.config, adapter.tensors, source=adapter.source)
-    if out_dir.resolve() == Path(checkpoint_dir).resolve():
-        _write_in_place(out_dir, merged, config)
-    else:
-        hyper = Path(checkpoint_dir) / "hyperparameters.yaml"
-        extra = {"hyperparameters.yaml": hyper.read_text()} if hyper.is_file() else None
-        save_checkpoint(merged, config, out_dir, tokenizer_dir=Path(checkpoint_dir), extra_files=extra)
-    print(f"Wrote the merged checkpoint to {out_dir}")
-
-
-def merged_state(
-    base: Path, config, cfg: LoRAConfig, adapters: dict[str, torch.Tensor], source: str
-) -> tuple[dict[str, torch.Tensor], Any]:
-    """The base weights with every adapter folded in, plus the (possibly untied) config."""
-    with torch.device("meta"):
-        meta = GPT(config)
-    inject_lora(meta, cfg)
-    expected = {n: p.shape for n, p in meta.named_parameters() if is_lora_parameter(n)}
-    missing, unexpected = sorted(set(expected) - set(adapters)), sorted(set(adapters) - set(expected))
-    if missing or unexpected:
-        first = f"lacks {missing[0]}" if missing else f"has {unexpected[0]}, which lora.yaml's flags do not create"
-        raise UserError(f"{source} {first}: do lora.yaml and the base model match the adapters?")
-    for name, shape in expected.items():
-        if adapters[name].shape != shape:
-            raise UserError(f"{source}: {name} has shape {tuple(adapters[name].shape)}, the base needs {tuple(shape)}")
-    targets = lora_modules(meta)
-    merged: dict[str, torch.Tensor] = {}
-    for name, load in iter_checkpoint_tensors(base):
-        merged[name] = load()
-    if config.tie_embeddings and "lm_head" in targets:
-        merged["lm_head.weight"] = merged["transformer.wte.weight"]
-        config.tie_embeddings = False  # the head gets its own merged weight
-    for name, module in targets.items():
-        weight = merged[f"{name}.weight"]
-        A, B = adapters[f"{name}.lora_A"].float(), adapters[f"{name}.lora_B"].float()
-        magnitude = adapters.get(f"{name}.lora_magnitude")
-        merged[f"{name}.weight"] = fold_lora(weight, A, B, magnitude, module.blocks, module.scaling).to(weight.dtype)
-    return merged, config
-
-
-def _write_in_place(out_dir: Path, state: dict[str, torch.Tensor], config) -> None:
-    """Add the merged weights to the LoRA dir itself: the config first, then the weights, each by rename."""
-    if config.tie_embeddings:
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-    atomic_write_file(out_dir / CONFIG, lambda tmp: config.save(tmp))
-    atomic_write_file(out_dir / WEIGHTS, lambda tmp: save_state_dict(state, tmp))
-
-
 __all__ = [
     "LORA_WEIGHTS",
     "LoRAConfig",
@@ -487,6 +421,5 @@ __all__ = [
     "apply_adapter",
     "inject_lora",
     "read_adapter",
-    "merge_lora_cli",
     "merge_lora_modules",
 ]

@@ -12,7 +12,8 @@ from litgpt_lite.checkpoint import WEIGHTS, save_checkpoint
 from litgpt_lite.config import Config
 from litgpt_lite.errors import UserError
 from litgpt_lite.loading import load_model
-from litgpt_lite.lora import LORA_WEIGHTS, LORA_YAML, LoRALinear, LoRARecipe, merge_lora_cli, merge_lora_modules
+from litgpt_lite.lora import LORA_WEIGHTS, LORA_YAML, LoRALinear, LoRARecipe, merge_lora_modules
+from litgpt_lite.merge_lora import merge_lora_cli
 from litgpt_lite.model import GPT
 
 llama = tiny_llama
