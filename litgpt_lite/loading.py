@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -46,6 +47,10 @@ from litgpt_lite.quantize import (
     release_freed_memory,
 )
 from litgpt_lite.quantized_checkpoint import is_prequantized, prequantized_linear, read_quantize_yaml
+
+if TYPE_CHECKING:  # imported when called: the tokenizer libraries are only needed for inference
+    from litgpt_lite.prompts import PromptStyle
+    from litgpt_lite.tokenizer import Tokenizer
 
 
 def load_model(
@@ -100,7 +105,7 @@ def load_for_inference(
     quantize: str | None = None,
     adapter: str | Path | None = None,
     kernels: str = "auto",
-):
+) -> tuple[GPT, Tokenizer, PromptStyle]:
     """(model, tokenizer, prompt_style) of a checkpoint dir, in the hardware's fast device and precision by default.
 
     Args:
