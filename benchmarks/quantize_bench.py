@@ -23,14 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from litgpt_lite.checkpoint import load_model  # noqa: E402
 from litgpt_lite.config import Config  # noqa: E402
+from litgpt_lite.loading import load_model  # noqa: E402
 from litgpt_lite.lora import LoRARecipe  # noqa: E402
 from litgpt_lite.model import Block  # noqa: E402
 from litgpt_lite.quantize import (  # noqa: E402
     MODES,
     is_quantized_linear,
-    load_quantized_model,
     quantize_model,
     quantized_layers_bf16_bytes,
     weight_bytes,
@@ -112,7 +111,7 @@ def bench_smollm2(ckpt: Path, decode_tokens: int, modes: list[str]) -> list[dict
     idx = torch.tensor([tokenizer.encode(HELD_OUT_TEXT)])
     prompt = idx[:, :16]
     rows = []
-    ref = load_model(ckpt, dtype=torch.float32)
+    ref = load_model(ckpt, precision=torch.float32)
     ref_bf16 = 2 * sum(p.numel() for p in {id(p): p for p in ref.parameters()}.values())
     ref_ce = cross_entropy(ref, idx)
     rows.append(
@@ -123,7 +122,7 @@ def bench_smollm2(ckpt: Path, decode_tokens: int, modes: list[str]) -> list[dict
     rows[-1]["tok_s"] = decode_tokens_per_second(ref, prompt, decode_tokens)
     del ref
     for mode in modes:
-        model = load_quantized_model(ckpt, mode, "cpu", torch.float32)
+        model = load_model(ckpt, "cpu", torch.float32, quantize=mode)
         linear = weight_bytes(model, only_quantized=True)
         whole = linear + unquantized_bf16_bytes(model)
         ce = cross_entropy(model, idx)
@@ -199,7 +198,7 @@ def bench_optimizers(ckpt: Path) -> list[dict]:
     rows = []
     for method in ("LoRA r=8 (q, v)", "full fine-tune"):
         for name in ("AdamW", "AdamW8bit"):
-            model = load_model(ckpt, dtype=torch.float32)
+            model = load_model(ckpt, precision=torch.float32)
             if method.startswith("LoRA"):
                 model = LoRARecipe().prepare(model)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -214,8 +213,8 @@ def bench_optimizers(ckpt: Path) -> list[dict]:
 LOAD_SCRIPT = """
 import json, re, sys, torch
 import bitsandbytes
-from litgpt_lite.checkpoint import load_model
-from litgpt_lite.quantize import load_quantized_model, quantize_model, weight_bytes
+from litgpt_lite.loading import load_model
+from litgpt_lite.quantize import quantize_model, weight_bytes
 
 def status(key):
     return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
@@ -225,9 +224,9 @@ open("/proc/self/clear_refs", "w").write("5")  # reset the peak-RSS counter (VmH
 before = status("VmRSS")
 ckpt, how = sys.argv[1], sys.argv[2]
 if how == "streaming":
-    model = load_quantized_model(ckpt, "bnb.nf4", "cpu", torch.bfloat16)
+    model = load_model(ckpt, "cpu", torch.bfloat16, quantize="bnb.nf4")
 else:
-    model = quantize_model(load_model(ckpt, dtype=torch.bfloat16), "bnb.nf4")
+    model = quantize_model(load_model(ckpt, precision=torch.bfloat16), "bnb.nf4")
 print(json.dumps({"how": how, "peak_growth": status("VmHWM") - before, "model_bytes": weight_bytes(model)}))
 """
 

@@ -6,7 +6,7 @@ The public names load lazily so `import litgpt_lite` (and config-only commands) 
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "GPT", "Config", "Tokenizer", "PromptStyle"]
+__all__ = ["LLM", "GPT", "Config", "Tokenizer", "PromptStyle", "load_model"]
 
 _LAZY = {
     "LLM": "litgpt_lite.api",
@@ -14,11 +14,13 @@ _LAZY = {
     "Config": "litgpt_lite.config",
     "Tokenizer": "litgpt_lite.tokenizer",
     "PromptStyle": "litgpt_lite.prompts",
+    "load_model": "litgpt_lite.loading",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from litgpt_lite.api import LLM
     from litgpt_lite.config import Config
+    from litgpt_lite.loading import load_model
     from litgpt_lite.model import GPT
     from litgpt_lite.prompts import PromptStyle
     from litgpt_lite.tokenizer import Tokenizer

@@ -11,31 +11,7 @@ import torch
 
 from litgpt_lite.errors import UserError
 from litgpt_lite.generate import SamplingParams, generate_completions, stream_generate
-
-
-def load_inference_model(checkpoint_dir: Path, device, precision: str | None = None, quantize: str | None = None):
-    """The GPT of a checkpoint in `precision` (default: the hardware's fast one), quantized when asked; also LoRA
-    output dirs and pre-quantized dirs. generate, chat, serve, evaluate and LLM all load through here."""
-    from litgpt_lite.precision import precision_dtype
-    from litgpt_lite.quantize import load_model_for_inference
-
-    dtype = precision_dtype(precision, device)
-    return load_model_for_inference(checkpoint_dir, device=device, dtype=dtype, quantize=quantize)
-
-
-def load_for_inference(checkpoint_dir: Path, device=None, precision: str | None = None, quantize: str | None = None):
-    """(model, tokenizer, prompt_style) of a checkpoint directory, in the hardware's fast precision by default."""
-    from litgpt_lite.checkpoint import validate_checkpoint_dir
-    from litgpt_lite.precision import resolve_device
-    from litgpt_lite.prompts import prompt_style_for
-    from litgpt_lite.tokenizer import Tokenizer
-
-    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir, need_weights=False)  # the loader checks weights
-    device = resolve_device(device)
-    model = load_inference_model(checkpoint_dir, device, precision, quantize)
-    tokenizer = Tokenizer(checkpoint_dir)
-    style = prompt_style_for(checkpoint_dir, tokenizer, model.config.name)
-    return model, tokenizer, style
+from litgpt_lite.loading import load_for_inference
 
 
 def _looks_like_repo_id(name: str) -> bool:
@@ -74,14 +50,28 @@ class LLM:
         access_token: str | None = None,
         checkpoint_dir: str | Path = "checkpoints",
         compile: bool = False,
+        adapter: str | Path | None = None,
+        kernels: str = "auto",
     ) -> LLM:
-        """Load a checkpoint directory, or a Hub repo id (downloaded and converted when not present yet)."""
+        """Load a checkpoint directory, or a Hub repo id (downloaded and converted when not present yet).
+
+        Args:
+            model: a checkpoint dir (full, pre-quantized or a LoRA output dir) or a Hub repo id (org/name).
+            device: cpu, cuda, cuda:N (default: cuda when available).
+            precision: 32-true, bf16-true, 16-true (default: the hardware's fast one).
+            quantize: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
+            access_token: Hugging Face token for gated repos.
+            checkpoint_dir: where a repo id is downloaded to.
+            compile: compile the decode step with torch.compile.
+            adapter: a LoRA output dir to put on top of `model`.
+            kernels: auto installs this hardware's fast paths; none keeps torch's modules.
+        """
         path = Path(model)
         if not path.exists() and _looks_like_repo_id(str(model)):
             from litgpt_lite.download import ensure_checkpoint
 
             path = ensure_checkpoint(str(model), access_token=access_token, checkpoint_dir=checkpoint_dir)
-        gpt, tokenizer, style = load_for_inference(path, device, precision, quantize)
+        gpt, tokenizer, style = load_for_inference(path, device, precision, quantize, adapter, kernels)
         if compile:  # the decode step, with static shapes; a CUDA graph on GPUs
             gpt.compile_decode(mode="reduce-overhead" if gpt.lm_head.weight.device.type == "cuda" else None)
         return cls(gpt, tokenizer, style, path)

@@ -38,6 +38,7 @@ def chat(
     compile: bool = False,
     seed: int | None = None,
     device: str | None = None,
+    kernels: str = "auto",
 ) -> None:
     """Chat with a checkpoint in the terminal, keeping the conversation history.
 
@@ -54,12 +55,15 @@ def chat(
             first reply pays the compilation; it pays off on GPUs, where a small model is bound by launch overhead.
         seed: random seed for sampling.
         device: cpu, cuda, cuda:N (default: cuda when available).
+        kernels: auto installs this hardware's fast paths (e.g. the CPU bf16 kernels); none keeps torch's modules.
     """
     from litgpt_lite.api import LLM
     from litgpt_lite.errors import UserError
     from litgpt_lite.generate import SamplingParams, stream_generate
 
-    llm = LLM.load(checkpoint_dir, device=device, precision=precision, quantize=quantize, compile=compile)
+    llm = LLM.load(
+        checkpoint_dir, device=device, precision=precision, quantize=quantize, compile=compile, kernels=kernels
+    )
     stop_ids = llm.prompt_style.stop_sequences(llm.tokenizer)
     history: list[dict] = [{"role": "system", "content": sys_prompt}] if sys_prompt else []
     print(HELP, flush=True)

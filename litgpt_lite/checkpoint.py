@@ -16,7 +16,8 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,54 +73,47 @@ def load_state_dict(checkpoint_dir: str | Path, device: str | torch.device = "cp
     path = checkpoint_dir / WEIGHTS
     if path.is_file():
         return read_safetensors(path, device)
-    legacy = checkpoint_dir / LEGACY_WEIGHTS
+    return read_legacy_weights(checkpoint_dir / LEGACY_WEIGHTS, device)
+
+
+def read_legacy_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """LitGPT's lit_model.pth as a state dict in our names, read with torch.load(weights_only=True).
+
+    Only zip-format files (torch.save since 1.6) can be memory-mapped; an older legacy-pickle file is read whole.
+    """
     try:
-        state = torch.load(legacy, map_location=device, weights_only=True, mmap=True)
+        state = torch.load(path, map_location=device, weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt or unsafe file
-        raise UserError(f"Cannot read {legacy}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise UserError(
+            f"Cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0]} (only plain tensors load; convert the "
+            "original model with `litgpt_lite convert_to_litgpt` instead)"
+        ) from None
+    if not isinstance(state, dict):
+        raise UserError(f"Cannot read {path}: it holds a {type(state).__name__}, not a state dict of tensors")
     state = state.get("model", state)
     return {k.replace(".attn.attn.", ".attn.qkv."): v for k, v in state.items()}
 
 
+def open_weights(checkpoint_dir: str | Path, mmap: bool = False) -> SafetensorsReader | StateDictReader:
+    """A reader over a checkpoint's weights: streaming for lit_model.safetensors (memory-mapped where tensors are
+    used as stored, see SafetensorsReader), in memory for LitGPT's .pth."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if (checkpoint_dir / WEIGHTS).is_file():
+        return SafetensorsReader(checkpoint_dir / WEIGHTS, mmap=mmap)
+    return StateDictReader(read_legacy_weights(checkpoint_dir / LEGACY_WEIGHTS))
+
+
 def iter_checkpoint_tensors(checkpoint_dir: str | Path) -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
     """(name, loader) pairs that read one tensor at a time, so a whole model never sits in memory twice."""
-    path = Path(checkpoint_dir) / WEIGHTS
-    if not path.is_file():
-        state = load_state_dict(checkpoint_dir)
-        for name, tensor in state.items():
-            yield name, (lambda t=tensor: t)
-        return
-    reader = SafetensorsReader(path)
+    reader = open_weights(checkpoint_dir)
     for name in reader.keys():
         yield name, (lambda n=name: reader.get_tensor(n))
 
 
 def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise UserError(f"{path} is corrupt or truncated ({str(e).splitlines()[0]}): re-create it") from None
-
-
-def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """Build the GPT of a checkpoint directory and load its weights (shapes checked against the config)."""
-    from litgpt_lite.model import GPT
-
-    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
-    config = load_config(checkpoint_dir)
-    with torch.device("meta"):
-        model = GPT(config)
-    state = load_state_dict(checkpoint_dir)
-    check_state_dict(model, state, source=str(checkpoint_dir))
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    model.load_state_dict(state, strict=False, assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.transformer.wte.weight
-    return model.to(device).eval()
+    """Every tensor of a .safetensors file, on `device` (on the CPU, views of a private memory map)."""
+    reader = SafetensorsReader(path, mmap=True)
+    return {name: reader.get_tensor(name).to(device) for name in reader.keys()}
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -185,6 +179,7 @@ def atomic_write_file(path: Path, write) -> None:
 
 
 # ---------------------------------------------------------------- streaming safetensors
+# the file format's dtype codes (not user-facing names: those are precision.DTYPE_NAMES)
 _DTYPES = {
     torch.float32: "F32",
     torch.float16: "F16",
@@ -197,48 +192,101 @@ _DTYPES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
-
-
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+_READ_CHUNK_BYTES = 16 * 2**20
 
 
 class SafetensorsReader:
-    """Reads a .safetensors file one tensor at a time with plain reads (no mmap), so the pages of tensors already
-    handed out do not stay resident: converting a model never holds more than one tensor of the source."""
+    """Reads a .safetensors file one tensor at a time, the one reader for every weight file.
 
-    def __init__(self, path: str | Path) -> None:
+    By default with plain reads: a memory map's pages count towards the process's resident memory until the kernel
+    drops them, so peak RSS would grow to the whole file, while a read into a fresh tensor costs exactly that tensor;
+    converting, casting or quantizing a model never holds more than one tensor of the source. With `mmap=True`, a
+    tensor read as stored is a copy-on-write view of a private memory map instead: no copy, and its pages come in on
+    first use (what a model loaded as stored wants: SmolLM2-135M loads in 0.4 s instead of 1.4 s).
+    """
+
+    def __init__(self, path: str | Path, mmap: bool = False) -> None:
         self.path = Path(path)
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as f:
-            head = f.read(8)
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-            if n < 2 or 8 + n > size:
-                raise UserError(f"{self.path} is corrupt or truncated (bad header): re-create it")
-            try:
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                head = f.read(8)
+                n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+                if n < 2 or 8 + n > size:
+                    raise UserError(f"{self.path} is corrupt or truncated (bad header): re-create it")
                 header = json.loads(f.read(n))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise UserError(f"{self.path} is corrupt (unreadable header): re-create it") from None
-        header.pop("__metadata__", None)
-        self.entries = header
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{self.path} is corrupt (unreadable header): re-create it") from None
+        except OSError as e:
+            raise UserError(f"Cannot read {self.path}: {e.strerror or e}") from None
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        self.entries: dict[str, dict] = header
         self._data_start = 8 + n
         end = max((e["data_offsets"][1] for e in header.values()), default=0)
         if self._data_start + end > size:
             raise UserError(f"{self.path} is corrupt or truncated ({size} bytes, header needs more): re-create it")
+        self._mapped = torch.UntypedStorage.from_file(str(self.path), shared=False, nbytes=size) if mmap else None
 
     def keys(self) -> list[str]:
         return list(self.entries)
 
-    def get_tensor(self, name: str) -> torch.Tensor:
+    def meta(self) -> dict[str, torch.Tensor]:
+        """Shape-only stand-ins (on the meta device) for validating names and shapes before reading anything."""
+        return {
+            k: torch.empty(e["shape"], dtype=_DTYPE_NAMES[e["dtype"]], device="meta") for k, e in self.entries.items()
+        }
+
+    def get_tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor, cast to `dtype` if given and it is floating; a cast streams through a small buffer, so reading
+        a float32 tensor as bfloat16 never holds the float32 copy."""
         entry = self.entries[name]
+        stored, shape = _DTYPE_NAMES[entry["dtype"]], entry["shape"]
         start, end = entry["data_offsets"]
-        dtype = _DTYPE_NAMES[entry["dtype"]]
-        raw = torch.empty(end - start, dtype=torch.uint8)  # not zero-filled: the read overwrites every byte
-        if raw.numel():
-            with open(self.path, "rb") as f:
-                f.seek(self._data_start + start)
-                if f.readinto(memoryview(raw.numpy())) != raw.numel():
-                    raise UserError(f"{self.path} is truncated: {name} is cut short; re-create the file")
-        return raw.view(dtype).reshape(entry["shape"])
+        if dtype is None or dtype == stored or not stored.is_floating_point:
+            offset = self._data_start + start
+            if self._mapped is not None and offset % stored.itemsize == 0:  # views need aligned elements
+                mapped = torch.empty(0, dtype=torch.uint8).set_(self._mapped, offset, (end - start,))
+                return mapped.view(stored).reshape(shape)
+            raw = torch.empty(end - start, dtype=torch.uint8)  # not zero-filled: the read overwrites every byte
+            self._read_into(raw, start, name)
+            return raw.view(stored).reshape(shape)
+        out = torch.empty(shape, dtype=dtype)
+        flat, size = out.view(-1), stored.itemsize
+        step = max(1, _READ_CHUNK_BYTES // size)
+        buffer = torch.empty(min(step, flat.numel()) * size, dtype=torch.uint8)
+        for first in range(0, flat.numel(), step):
+            count = min(step, flat.numel() - first)
+            chunk = buffer[: count * size]
+            self._read_into(chunk, start + first * size, name)
+            flat[first : first + count] = chunk.view(stored)
+        return out
+
+    def _read_into(self, out: torch.Tensor, offset: int, name: str) -> None:
+        if not out.numel():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + offset)
+            if f.readinto(memoryview(out.numpy())) != out.numel():
+                raise UserError(f"{self.path} is truncated: {name} is cut short; re-create the file")
+
+
+class StateDictReader:
+    """The reader interface over a state dict already in memory (LitGPT's lit_model.pth); each read hands its
+    tensor over, so the dict does not keep a second reference while the model is built."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = state
+
+    def keys(self) -> list[str]:
+        return list(self.state)
+
+    def meta(self) -> dict[str, torch.Tensor]:
+        return self.state
+
+    def get_tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        t = self.state.pop(name)
+        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
 
 class SafetensorsWriter:
@@ -292,10 +340,18 @@ class SafetensorsWriter:
         self.path.unlink(missing_ok=True)
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
-    writer = SafetensorsWriter(path, expected_tensors=len(state))
+def save_state_dict(
+    tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+    path: Path,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write tensors (a state dict, or (name, tensor) pairs streamed one at a time) as one .safetensors file; a
+    failure part way removes the partial file."""
+    pairs = tensors.items() if isinstance(tensors, Mapping) else tensors
+    expected = len(tensors) if isinstance(tensors, Mapping) else 256
+    writer = SafetensorsWriter(path, metadata=metadata, expected_tensors=expected)
     try:
-        for name, tensor in state.items():
+        for name, tensor in pairs:
             writer.add(name, tensor)
     except BaseException:
         writer.abort()

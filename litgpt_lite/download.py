@@ -84,7 +84,7 @@ def download(
     if not _REPO_ID.match(repo_id):
         raise UserError(f"{repo_id!r} is not a Hub repo id: expected `org/name`, e.g. HuggingFaceTB/SmolLM2-135M")
     if dtype is not None:
-        from litgpt_lite.convert import DTYPES
+        from litgpt_lite.precision import DTYPE_NAMES as DTYPES
 
         if dtype not in DTYPES:
             raise UserError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(DTYPES)}")

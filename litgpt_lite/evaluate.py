@@ -284,6 +284,7 @@ def evaluate(
     device: str | None = None,
     dtype: str | None = None,
     quantize: str | None = None,
+    kernels: str = "auto",
 ) -> dict | None:
     """Evaluate a checkpoint with lm-eval (EleutherAI's LM Evaluation Harness), on this model directly.
 
@@ -299,11 +300,14 @@ def evaluate(
         device: cpu, cuda or cuda:N (default: cuda when available).
         dtype: 32-true, bf16-true or 16-true; default is the hardware's fast one (fp32 on CPUs without bf16).
         quantize: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8 (needs bitsandbytes).
+        kernels: auto installs this hardware's fast paths (e.g. the CPU bf16 kernels); none keeps torch's modules.
     """
     from litgpt_lite.checkpoint import validate_checkpoint_dir
+    from litgpt_lite.loading import check_load_options, load_for_inference
     from litgpt_lite.precision import normalize_precision, resolve_device
+    from litgpt_lite.quantized_checkpoint import is_prequantized
 
-    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir, need_weights=not _prequantized(checkpoint_dir))
+    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir, need_weights=not is_prequantized(checkpoint_dir))
     if include_path is not None and not Path(include_path).is_dir():
         raise UserError(f"--include_path {include_path} is not a directory of task YAMLs")
     names = _parse_tasks(tasks)
@@ -317,17 +321,15 @@ def evaluate(
     limit_value = _limit(limit)
     torch_device = resolve_device(device)
     normalize_precision(dtype, torch_device)
+    check_load_options(quantize, kernels)
     out_dir = Path(out_dir) if out_dir is not None else checkpoint_dir / "evaluate"
 
     with tempfile.TemporaryDirectory(prefix="litgpt_lite_tasks_") as tmp:
         include = [materialize_bundled_tasks(Path(tmp))] + ([Path(include_path)] if include_path else [])
         manager = task_manager_for(names, include)
         check_tasks_load(names, manager)
-        from litgpt_lite.api import load_inference_model
-        from litgpt_lite.tokenizer import Tokenizer
-
-        model = load_inference_model(checkpoint_dir, torch_device, dtype, quantize)
-        lm = LitLM(model, Tokenizer(checkpoint_dir), batch_size=batch_size, seed=seed)
+        model, tokenizer, _ = load_for_inference(checkpoint_dir, torch_device, dtype, quantize, kernels=kernels)
+        lm = LitLM(model, tokenizer, batch_size=batch_size, seed=seed)
         results = _run(lm, names, manager, num_fewshot, limit_value, seed)
     _report(results, out_dir)
     return results
@@ -356,8 +358,3 @@ def _report(results: dict, out_dir: Path) -> None:
     saved = {k: v for k, v in results.items() if k != "samples"}
     path.write_text(json.dumps(saved, indent=2, default=handle_non_serializable, ensure_ascii=False))
     print(f"Saved {path}")
-
-
-def _prequantized(checkpoint_dir: Path) -> bool:
-    """A checkpoint written by `litgpt_lite quantize` holds quantized weights instead of lit_model.safetensors."""
-    return (Path(checkpoint_dir) / "quantize.yaml").is_file()

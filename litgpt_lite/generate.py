@@ -270,26 +270,9 @@ def generate_completions(model, tokenizer, prompts, params) -> list[Completion]:
     return [Completion(t, ids, len(p), r) for t, ids, p, r in zip(texts, tokens, prompts, reasons)]
 
 
-def greedy_tokens(model, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
-    """Greedy token ids with no stop condition (used by tests and benchmarks to compare with transformers)."""
-
-    class _NoStop:
-        stop_ids: set[int] = set()
-
-        @staticmethod
-        def decode_stream(skip_special_tokens=True):
-            class _D:
-                def step(self, _):
-                    return ""
-
-                def flush(self):
-                    return ""
-
-            return _D()
-
-        @staticmethod
-        def decode(ids, skip_special_tokens=True):
-            return ""
-
-    out = generate_completions(model, _NoStop(), [prompt], SamplingParams(max_new_tokens=max_new_tokens))
-    return out[0].token_ids
+def greedy_tokens(model, tokenizer, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
+    """Exactly `max_new_tokens` greedy token ids, run past end-of-sequence and stop tokens (to compare token by token
+    with another implementation). `tokenizer` needs what `stream_generate` uses: `decode_stream`, `decode` and
+    `stop_ids`."""
+    params = SamplingParams(max_new_tokens=max_new_tokens, ignore_eos=True)
+    return generate_completions(model, tokenizer, [prompt], params)[0].token_ids

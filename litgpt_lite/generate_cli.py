@@ -22,6 +22,7 @@ def generate(
     seed: int | None = 1234,
     device: str | None = None,
     raw: bool = False,
+    kernels: str = "auto",
 ) -> None:
     """Generate text with a checkpoint, streaming it to stdout; the timings go to stderr.
 
@@ -41,10 +42,13 @@ def generate(
         seed: random seed for sampling.
         device: cpu, cuda, cuda:N (default: cuda when available).
         raw: send the prompt as is, without the prompt style.
+        kernels: auto installs this hardware's fast paths (e.g. the CPU bf16 kernels); none keeps torch's modules.
     """
     from litgpt_lite.api import LLM, peak_memory_bytes
 
-    llm = LLM.load(checkpoint_dir, device=device, precision=precision, quantize=quantize, compile=compile)
+    llm = LLM.load(
+        checkpoint_dir, device=device, precision=precision, quantize=quantize, compile=compile, kernels=kernels
+    )
     for i in range(num_samples):
         start = time.perf_counter()
         first, text = None, ""

@@ -10,7 +10,8 @@ get an adapter. Each enabled block has its own rank-r pair: `lora_A` stacks the 
 `lora_B` stacks their B rows (rows of the enabled blocks, r), so a disabled block's weights never change.
 
 `LoRARecipe` plugs into the training loop (prepare / trainable_state / load_trainable_state / export);
-`merge_lora_cli` (`litgpt_lite merge_lora`) writes a full checkpoint.
+`read_adapter` / `apply_adapter` put a saved adapter dir on a loaded model (the loader's `adapter=`), and
+`merge_lora.merge_lora_cli` (`litgpt_lite merge_lora`) writes the merged full checkpoint.
 """
 
 from __future__ import annotations
@@ -27,18 +28,19 @@ import torch.nn as nn
 
 from litgpt_lite.checkpoint import (
     CONFIG,
+    LEGACY_WEIGHTS,
     LORA_WEIGHTS,
+    QUANTIZED_WEIGHTS,
     WEIGHTS,
     atomic_write_file,
     copy_tokenizer_files,
-    iter_checkpoint_tensors,
-    load_config,
     read_safetensors,
-    save_checkpoint,
-    validate_checkpoint_dir,
+    save_state_dict,
 )
 from litgpt_lite.errors import UserError
-from litgpt_lite.model import GPT, Linear, is_plain_linear
+from litgpt_lite.model import Linear, is_plain_linear
+from litgpt_lite.modules import set_submodule, unwrap_model
+from litgpt_lite.quantize import check_mode, dense_weight, import_bitsandbytes, quantize_model
 
 LORA_YAML = "lora.yaml"
 
@@ -109,8 +111,6 @@ class LoRALinear(nn.Module):
         return self.base.bias
 
     def base_weight(self) -> torch.Tensor:
-        from litgpt_lite.quantize import dense_weight
-
         return dense_weight(self.base)
 
     def delta_weight(self) -> torch.Tensor:
@@ -151,8 +151,10 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
-        """The weight of one plain Linear computing exactly what this module computes (in eval mode)."""
-        return fold_lora(self.base_weight(), self.lora_A, self.lora_B, self.lora_magnitude, self.blocks, self.scaling)
+        """The weight of one plain Linear computing exactly what this module computes (in eval mode), folded in
+        float32 whatever the weights' dtype (the caller casts it back)."""
+        A, B = self.lora_A.float(), self.lora_B.float()
+        return fold_lora(self.base_weight(), A, B, self.lora_magnitude, self.blocks, self.scaling)
 
 
 def lora_delta(A: torch.Tensor, B: torch.Tensor, blocks: list[tuple[int, int]], r: int, out_features: int):
@@ -207,8 +209,6 @@ def lora_targets(model: nn.Module, cfg: LoRAConfig) -> dict[str, list[tuple[int,
 
 def inject_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """Wrap every selected Linear in a LoRALinear, in place."""
-    from litgpt_lite.quantize import set_submodule
-
     targets = lora_targets(model, cfg)
     if not targets:
         raise UserError("No layer of this model matches the LoRA flags")
@@ -219,22 +219,7 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
-    return {name: m for name, m in unwrap(model).named_modules() if isinstance(m, LoRALinear)}
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The GPT inside a Fabric (`_FabricModule`) or DDP wrapper."""
-    while True:
-        inner = None
-        for attr in ("_original_module", "_forward_module"):
-            if isinstance(getattr(model, attr, None), nn.Module):
-                inner = getattr(model, attr)
-                break
-        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
-            inner = model.module
-        if inner is None or inner is model:
-            return model
-        model = inner
+    return {name: m for name, m in unwrap_model(model).named_modules() if isinstance(m, LoRALinear)}
 
 
 def is_lora_parameter(name: str) -> bool:
@@ -242,15 +227,13 @@ def is_lora_parameter(name: str) -> bool:
 
 
 def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach() for n, p in unwrap(model).named_parameters() if is_lora_parameter(n)}
+    return {n: p.detach() for n, p in unwrap_model(model).named_parameters() if is_lora_parameter(n)}
 
 
 @torch.no_grad()
 def merge_lora_modules(model: nn.Module) -> nn.Module:
     """Replace every LoRALinear by a plain Linear holding its merged weight (needs full-precision bases)."""
-    from litgpt_lite.quantize import set_submodule
-
-    model = unwrap(model)
+    model = unwrap_model(model)
     for name, module in lora_modules(model).items():
         if not is_plain_linear(module.base):
             raise UserError(f"{name} wraps a quantized Linear: merge into the full-precision base with merge_lora")
@@ -300,8 +283,6 @@ class LoRARecipe:
         self.config = LoRAConfig(r, alpha, dropout, query, key, value, projection, mlp, head, dora)
         self.config.validate()
         if quantize is not None:
-            from litgpt_lite.quantize import check_mode, import_bitsandbytes
-
             check_mode(quantize)
             import_bitsandbytes()
         self.quantize = quantize
@@ -312,8 +293,6 @@ class LoRARecipe:
         for p in model.parameters():
             p.requires_grad_(False)
         if self.quantize is not None:
-            from litgpt_lite.quantize import quantize_model
-
             quantize_model(model, self.quantize)
         inject_lora(model, self.config)
         return model
@@ -331,7 +310,7 @@ class LoRARecipe:
 
 def load_lora_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy adapter tensors into the model's adapters; a UserError for a missing, unknown or misshapen one."""
-    params = dict(unwrap(model).named_parameters())
+    params = dict(unwrap_model(model).named_parameters())
     expected = {n for n in params if is_lora_parameter(n)}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
@@ -352,8 +331,6 @@ def save_lora(
     """The adapter weights and lora.yaml, each written atomically, plus the base's config and tokenizer files."""
     import yaml
 
-    from litgpt_lite.checkpoint import save_state_dict
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in lora_state(model).items()}
@@ -369,122 +346,71 @@ def save_lora(
             if (base / name).is_file():
                 shutil.copy2(base / name, out_dir / name)
     if not (out_dir / CONFIG).is_file():
-        unwrap(model).config.save(out_dir / CONFIG)
+        unwrap_model(model).config.save(out_dir / CONFIG)
 
 
-# ---------------------------------------------------------------- reading a LoRA dir
-def read_lora_dir(checkpoint_dir: Path, base_checkpoint_dir: Path | None) -> tuple[LoRAConfig, Path, dict]:
-    """(adapter config, base checkpoint dir, lora.yaml) of a LoRA output dir, with a clear error for each gap."""
+# ---------------------------------------------------------------- reading an adapter dir
+@dataclass
+class Adapter:
+    """What an adapter dir holds: its settings, the base it was trained on, and its tensors."""
+
+    config: LoRAConfig
+    base_checkpoint_dir: Path
+    tensors: dict[str, torch.Tensor]
+    source: str  # the weights file, for error messages
+    info: dict[str, Any]  # lora.yaml as written (e.g. the QLoRA mode the adapters were trained with)
+
+
+def is_lora_dir(checkpoint_dir: str | Path) -> bool:
+    """A finetune_lora output dir: adapters, but no full weights of its own."""
+    path = Path(checkpoint_dir)
+    has_full = (path / WEIGHTS).is_file() or (path / LEGACY_WEIGHTS).is_file()
+    return (path / LORA_WEIGHTS).is_file() and not has_full
+
+
+def read_adapter(
+    adapter_dir: str | Path, base_checkpoint_dir: str | Path | None = None, device: str | torch.device = "cpu"
+) -> Adapter:
+    """The one reader of an adapter dir (finetune_lora's output), with a clear error for each gap.
+
+    Args:
+        adapter_dir: the dir with lit_model.lora.safetensors and lora.yaml.
+        base_checkpoint_dir: the model the adapters belong to (default: the one lora.yaml names).
+        device: where the adapter tensors go.
+    """
     import yaml
 
-    checkpoint_dir = Path(checkpoint_dir)
-    if not checkpoint_dir.is_dir():
-        raise UserError(f"{checkpoint_dir} is not a directory: pass a LoRA fine-tuning output dir")
-    if not (checkpoint_dir / LORA_WEIGHTS).is_file():
-        raise UserError(f"{checkpoint_dir} has no {LORA_WEIGHTS}: pass the output dir of finetune_lora")
-    if not (checkpoint_dir / LORA_YAML).is_file():
-        raise UserError(f"{checkpoint_dir} has no {LORA_YAML}: it holds the adapter settings finetune_lora wrote")
-    info = yaml.safe_load((checkpoint_dir / LORA_YAML).read_text()) or {}
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise UserError(f"{adapter_dir} is not a directory: pass a LoRA fine-tuning output dir")
+    if not (adapter_dir / LORA_WEIGHTS).is_file():
+        raise UserError(f"{adapter_dir} has no {LORA_WEIGHTS}: pass the output dir of finetune_lora")
+    if not (adapter_dir / LORA_YAML).is_file():
+        raise UserError(f"{adapter_dir} has no {LORA_YAML}: it holds the adapter settings finetune_lora wrote")
+    info = yaml.safe_load((adapter_dir / LORA_YAML).read_text()) or {}
     known = {f for f in LoRAConfig.__dataclass_fields__}
     cfg = LoRAConfig(**{k: v for k, v in info.items() if k in known})
     base = base_checkpoint_dir or info.get("base_checkpoint_dir")
     if base is None:
-        raise UserError(f"{checkpoint_dir / LORA_YAML} names no base checkpoint: pass --base_checkpoint_dir")
+        raise UserError(f"{adapter_dir / LORA_YAML} names no base checkpoint: pass --base_checkpoint_dir")
     base = Path(base)
-    if not (base / WEIGHTS).is_file() and not (base / "lit_model.pth").is_file():
+    if not any((base / name).is_file() for name in (WEIGHTS, LEGACY_WEIGHTS, QUANTIZED_WEIGHTS)):
         raise UserError(
-            f"The base checkpoint {base} of {checkpoint_dir} is missing or has no weights: "
+            f"The base checkpoint {base} of {adapter_dir} is missing or has no weights: "
             "pass --base_checkpoint_dir with the model the adapters were trained on"
         )
-    return cfg, base, info
+    tensors = read_safetensors(adapter_dir / LORA_WEIGHTS, device)
+    return Adapter(cfg, base, tensors, str(adapter_dir / LORA_WEIGHTS), info)
 
 
-def load_lora_model(
-    checkpoint_dir: Path,
-    base_checkpoint_dir: Path | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    quantize: str | None = None,
-    merge: bool = True,
-) -> nn.Module:
-    """The base model with a LoRA dir's adapters (merged into plain Linears when the base is not quantized)."""
-    from litgpt_lite.quantize import load_model_for_inference
-
-    cfg, base, _ = read_lora_dir(checkpoint_dir, base_checkpoint_dir)
-    model = load_model_for_inference(base, device=device, dtype=dtype, quantize=quantize)
-    inject_lora(model, LoRAConfig(**{**asdict(cfg), "dropout": 0.0}))
-    adapters = read_safetensors(Path(checkpoint_dir) / LORA_WEIGHTS, device)
-    load_lora_state(model, adapters, source=str(Path(checkpoint_dir) / LORA_WEIGHTS))
-    if merge and quantize is None:
+def apply_adapter(model: nn.Module, adapter: Adapter) -> nn.Module:
+    """Inject the adapter's layers into a loaded model (no dropout) and load its tensors; merged into plain Linears
+    where every adapted base is full precision, kept beside quantized bases otherwise."""
+    inject_lora(model, LoRAConfig(**{**asdict(adapter.config), "dropout": 0.0}))
+    load_lora_state(model, adapter.tensors, source=adapter.source)
+    if all(is_plain_linear(m.base) for m in lora_modules(model).values()):
         merge_lora_modules(model)
     return model.eval()
-
-
-# ---------------------------------------------------------------- merge_lora
-def merge_lora_cli(checkpoint_dir: Path, base_checkpoint_dir: Path | None = None, out_dir: Path | None = None) -> None:
-    """Merge LoRA adapters into their base model and write a full checkpoint (loads in generate, converts to HF).
-
-    Args:
-        checkpoint_dir: the LoRA output dir (lit_model.lora.safetensors and lora.yaml).
-        base_checkpoint_dir: the model the adapters were trained on (default: the one lora.yaml names).
-        out_dir: where to write the merged checkpoint (default: checkpoint_dir itself, keeping the adapters).
-    """
-    cfg, base, info = read_lora_dir(checkpoint_dir, base_checkpoint_dir)
-    base = validate_checkpoint_dir(base)
-    out_dir = Path(out_dir) if out_dir is not None else Path(checkpoint_dir)
-    print(f"Merging {Path(checkpoint_dir) / LORA_WEIGHTS} into {base} ...")
-    if info.get("quantize"):
-        print(f"The adapters were trained on a {info['quantize']} base; they merge into its full-precision weights.")
-    adapters = read_safetensors(Path(checkpoint_dir) / LORA_WEIGHTS)
-    config = load_config(base)
-    merged, config = merged_state(base, config, cfg, adapters, source=str(Path(checkpoint_dir) / LORA_WEIGHTS))
-    if out_dir.resolve() == Path(checkpoint_dir).resolve():
-        _write_in_place(out_dir, merged, config)
-    else:
-        hyper = Path(checkpoint_dir) / "hyperparameters.yaml"
-        extra = {"hyperparameters.yaml": hyper.read_text()} if hyper.is_file() else None
-        save_checkpoint(merged, config, out_dir, tokenizer_dir=Path(checkpoint_dir), extra_files=extra)
-    print(f"Wrote the merged checkpoint to {out_dir}")
-
-
-def merged_state(
-    base: Path, config, cfg: LoRAConfig, adapters: dict[str, torch.Tensor], source: str
-) -> tuple[dict[str, torch.Tensor], Any]:
-    """The base weights with every adapter folded in, plus the (possibly untied) config."""
-    with torch.device("meta"):
-        meta = GPT(config)
-    inject_lora(meta, cfg)
-    expected = {n: p.shape for n, p in meta.named_parameters() if is_lora_parameter(n)}
-    missing, unexpected = sorted(set(expected) - set(adapters)), sorted(set(adapters) - set(expected))
-    if missing or unexpected:
-        first = f"lacks {missing[0]}" if missing else f"has {unexpected[0]}, which lora.yaml's flags do not create"
-        raise UserError(f"{source} {first}: do lora.yaml and the base model match the adapters?")
-    for name, shape in expected.items():
-        if adapters[name].shape != shape:
-            raise UserError(f"{source}: {name} has shape {tuple(adapters[name].shape)}, the base needs {tuple(shape)}")
-    targets = lora_modules(meta)
-    merged: dict[str, torch.Tensor] = {}
-    for name, load in iter_checkpoint_tensors(base):
-        merged[name] = load()
-    if config.tie_embeddings and "lm_head" in targets:
-        merged["lm_head.weight"] = merged["transformer.wte.weight"]
-        config.tie_embeddings = False  # the head gets its own merged weight
-    for name, module in targets.items():
-        weight = merged[f"{name}.weight"]
-        A, B = adapters[f"{name}.lora_A"].float(), adapters[f"{name}.lora_B"].float()
-        magnitude = adapters.get(f"{name}.lora_magnitude")
-        merged[f"{name}.weight"] = fold_lora(weight, A, B, magnitude, module.blocks, module.scaling).to(weight.dtype)
-    return merged, config
-
-
-def _write_in_place(out_dir: Path, state: dict[str, torch.Tensor], config) -> None:
-    """Add the merged weights to the LoRA dir itself: the config first, then the weights, each by rename."""
-    from litgpt_lite.checkpoint import save_state_dict
-
-    if config.tie_embeddings:
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-    atomic_write_file(out_dir / CONFIG, lambda tmp: config.save(tmp))
-    atomic_write_file(out_dir / WEIGHTS, lambda tmp: save_state_dict(state, tmp))
 
 
 __all__ = [
@@ -492,8 +418,8 @@ __all__ = [
     "LoRAConfig",
     "LoRALinear",
     "LoRARecipe",
+    "apply_adapter",
     "inject_lora",
-    "load_lora_model",
-    "merge_lora_cli",
+    "read_adapter",
     "merge_lora_modules",
 ]

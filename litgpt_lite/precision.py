@@ -20,16 +20,33 @@ PRECISIONS = {
     "16-mixed": torch.float32,
     "64-true": torch.float64,
 }
-_ALIASES = {
-    "32": "32-true",
-    "fp32": "32-true",
-    "float32": "32-true",
-    "bf16": "bf16-true",
-    "bfloat16": "bf16-true",
-    "16": "16-true",
-    "fp16": "16-true",
-    "float16": "16-true",
+# The one table of dtype names a user may type (--dtype, --precision, quantize's --dtype): each name -> the torch
+# dtype's attribute name. It lives here, not in checkpoint.py, because it is about which floating type weights are held
+# in, and this module imports nothing of ours but errors: checkpoint, convert, quantize and model can all read it. The
+# values are names, not torch dtypes, so the table itself needs no torch.
+DTYPE_NAMES: dict[str, str] = {
+    "float32": "float32",
+    "fp32": "float32",
+    "32": "float32",
+    "32-true": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "bf16-true": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "16": "float16",
+    "16-true": "float16",
 }
+_TRUE_PRECISION = {"float32": "32-true", "bfloat16": "bf16-true", "float16": "16-true"}
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """The torch dtype a user-facing name means (None and torch dtypes pass through), or a UserError listing names."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if str(name) not in DTYPE_NAMES:
+        raise UserError(f"Unknown dtype {name!r}. Choose one of: {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, DTYPE_NAMES[str(name)])
 
 
 @functools.cache  # the hardware does not change within a process; `Linear` asks on every bf16 prefill matmul
@@ -51,7 +68,9 @@ def default_precision(device: str | torch.device = "cpu", training: bool = False
 def normalize_precision(precision: str | None, device: str | torch.device = "cpu", training: bool = False) -> str:
     if precision is None:
         return default_precision(device, training)
-    precision = _ALIASES.get(str(precision), str(precision))
+    precision = str(precision)
+    if precision in DTYPE_NAMES:  # a dtype name means holding the weights in it: bf16 -> bf16-true
+        precision = _TRUE_PRECISION[DTYPE_NAMES[precision]]
     if precision not in PRECISIONS:
         raise UserError(f"Unknown precision {precision!r}. Choose one of: {', '.join(PRECISIONS)}")
     return precision

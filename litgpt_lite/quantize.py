@@ -1,46 +1,29 @@
 """bitsandbytes quantization as our own module swap: NF4/FP4 (optionally double-quantized) and LLM.int8().
 
 Lightning's `BitsandbytesPrecision` refuses CPU; swapping the Linear layers ourselves works wherever bitsandbytes has
-kernels (CPU since 0.50, and CUDA). Three ways in:
+kernels (CPU since 0.50, and CUDA). This module holds the swap itself and the memory accounting:
 
-- `quantize_model(model, mode)`: swap the Linear layers of a model already in memory (QLoRA's `prepare`).
-- `load_quantized_model(checkpoint_dir, mode)`: build the model on the meta device and read, quantize and place one
-  Linear at a time, so loading never holds the full-precision model.
-- `quantize_cli` (`litgpt_lite quantize`): write a pre-quantized checkpoint (`lit_model.quantized.safetensors` with
-  the packed 4-bit / int8 weights and their quant state, plus `quantize.yaml`) that reloads without re-quantizing.
+- `quantize_linear` / `quantize_model`: one Linear, or every Linear of a model already in memory (QLoRA's `prepare`).
+- `dense_weight`: the floating weight of a plain, 4-bit or int8 Linear (DoRA, merging).
+- `weight_bytes` / `quantized_layers_bf16_bytes`: what the weights take.
 
-`load_model_for_inference` picks the right one for generate/chat/serve/evaluate/LLM.
+Loading a checkpoint quantized layer by layer is the loader's job (`loading.load_model(..., quantize=...)`);
+pre-quantized checkpoints are `quantized_checkpoint.py`, and `litgpt_lite quantize` is `quantize_cli.py`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
-import shutil
-import struct
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from litgpt_lite.checkpoint import (
-    CONFIG,
-    LEGACY_WEIGHTS,
-    QUANTIZED_WEIGHTS,
-    WEIGHTS,
-    SafetensorsWriter,
-    atomic_dir,
-    check_state_dict,
-    copy_tokenizer_files,
-    load_config,
-    load_model,
-    validate_checkpoint_dir,
-)
 from litgpt_lite.errors import UserError
-from litgpt_lite.model import GPT, RoPE, is_plain_linear
+from litgpt_lite.model import is_plain_linear
+from litgpt_lite.modules import set_submodule
 
 # mode -> (4-bit data type, double quantization of the absmax statistics); None marks LLM.int8()
 MODES: dict[str, tuple[str, bool] | None] = {
@@ -54,7 +37,6 @@ MODES: dict[str, tuple[str, bool] | None] = {
 # top-k choice flips under quantization noise
 DEFAULT_SKIP: tuple[str, ...] = ("lm_head", "mlp.gate")
 BLOCKSIZE = 64  # 4-bit block size: one absmax per 64 weights, as QLoRA
-QUANTIZE_YAML = "quantize.yaml"
 
 
 # ---------------------------------------------------------------- modes and modules
@@ -106,7 +88,7 @@ def quantizable_linears(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP) ->
     return [name for name, m in model.named_modules() if is_plain_linear(m) and not _skipped(name, skip)]
 
 
-def _default_compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+def default_compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     # compute in the weights' own precision; CPU has no fast float16 matmul, so float16 weights compute in float32
     if device.type == "cpu" and dtype == torch.float16:
         return torch.float32
@@ -135,7 +117,7 @@ def quantize_linear(
         module.weight = bnb.nn.Int8Params(cb, requires_grad=False, has_fp16_weights=False, CB=cb, SCB=scb)
     else:
         quant_type, double_quant = kind
-        compute_dtype = compute_dtype or _default_compute_dtype(w.dtype, device)
+        compute_dtype = compute_dtype or default_compute_dtype(w.dtype, device)
         module = bnb.nn.Linear4bit(
             in_features,
             out_features,
@@ -164,11 +146,6 @@ def quantize_linear(
     if bias is not None:
         module.bias = nn.Parameter(bias.detach().to(device), requires_grad=False)
     return module
-
-
-def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
 def quantize_model(
@@ -269,129 +246,7 @@ def quantized_layers_bf16_bytes(model: nn.Module) -> int:
     return total
 
 
-# ---------------------------------------------------------------- streaming reads
-_ST_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-_READ_CHUNK_BYTES = 16 * 2**20
-
-
-class TensorReader:
-    """Reads one tensor at a time from a .safetensors file with plain file reads.
-
-    A memory map would do the same work, but its pages count towards the process's resident memory until the kernel
-    drops them, so peak RSS would grow to the whole file; a read into a fresh tensor costs exactly that tensor.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        try:
-            with open(self.path, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-        except (OSError, struct.error, ValueError) as e:
-            raise UserError(f"{self.path} is corrupt or truncated ({e}): re-create it") from None
-        header.pop("__metadata__", None)
-        self.start = 8 + n
-        self.header: dict[str, dict] = header
-
-    def names(self) -> list[str]:
-        return list(self.header)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.header[name]["shape"])
-
-    def meta(self) -> dict[str, torch.Tensor]:
-        """Shape-only stand-ins (on the meta device) for validating names and shapes before reading anything."""
-        header = self.header.items()
-        return {k: torch.empty(v["shape"], dtype=_ST_DTYPES[v["dtype"]], device="meta") for k, v in header}
-
-    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The tensor, cast to floating `dtype` if given; a cast streams through a small buffer, so reading a
-        float32 tensor as bfloat16 never holds the float32 copy."""
-        info = self.header[name]
-        stored, shape = _ST_DTYPES[info["dtype"]], info["shape"]
-        begin, end = info["data_offsets"]
-        if dtype is None or dtype == stored or not stored.is_floating_point:
-            out = torch.empty(end - begin, dtype=torch.uint8)
-            self._read_into(out, self.start + begin, name)
-            return out.view(stored).reshape(shape)
-        out = torch.empty(shape, dtype=dtype)
-        flat, size = out.view(-1), stored.itemsize
-        step = max(1, _READ_CHUNK_BYTES // size)
-        buffer = torch.empty(min(step, flat.numel()) * size, dtype=torch.uint8)
-        for first in range(0, flat.numel(), step):
-            count = min(step, flat.numel() - first)
-            chunk = buffer[: count * size]
-            self._read_into(chunk, self.start + begin + first * size, name)
-            flat[first : first + count] = chunk.view(stored)
-        return out
-
-    def _read_into(self, out: torch.Tensor, offset: int, name: str) -> None:
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            if f.readinto(out.numpy()) != out.numel():
-                raise UserError(f"{self.path} is truncated at tensor {name}: re-create it")
-
-
-class _StateReader:
-    """The same interface over a state dict already in memory (LitGPT's legacy lit_model.pth)."""
-
-    def __init__(self, state: dict[str, torch.Tensor]) -> None:
-        self.state = state
-
-    def names(self) -> list[str]:
-        return list(self.state)
-
-    def meta(self) -> dict[str, torch.Tensor]:
-        return self.state
-
-    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return _cast(self.state.pop(name), dtype)
-
-
-def _weights_reader(checkpoint_dir: Path):
-    if (checkpoint_dir / WEIGHTS).is_file():
-        return TensorReader(checkpoint_dir / WEIGHTS)
-    from litgpt_lite.checkpoint import load_state_dict
-
-    return _StateReader(load_state_dict(checkpoint_dir))
-
-
-# ---------------------------------------------------------------- load-time quantization
-def _meta_model(config):
-    with torch.device("meta"):
-        return GPT(config)
-
-
-def _place(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    """Put a loaded tensor in the meta model as a parameter."""
-    module_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(module_name) if module_name else model
-    module._parameters[attr] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
-
-
-def _finish(model: nn.Module, device: torch.device) -> nn.Module:
-    """Rebuild the meta-device buffers (RoPE) on `device` and check nothing was left unloaded."""
-    with torch.device(device):
-        model.rope = RoPE(model.config)
-    left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if left:
-        raise UserError(f"The checkpoint lacks {len(left)} weight(s), first {left[0]}: is it the right model?")
-    return model.eval()
-
-
+# ---------------------------------------------------------------- host memory
 _LIBC: Any = None
 
 
@@ -415,260 +270,3 @@ def release_freed_memory() -> None:
             _LIBC = False
     if _LIBC:
         _LIBC.malloc_trim(0)
-
-
-def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    return t.to(dtype) if dtype is not None and t.is_floating_point() else t
-
-
-def load_quantized_model(
-    checkpoint_dir: str | Path,
-    mode: str,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    skip: Iterable[str] = DEFAULT_SKIP,
-    int8_threshold: float = 6.0,
-) -> nn.Module:
-    """Build the GPT of a checkpoint dir with its Linear layers quantized, streaming one layer at a time.
-
-    Peak memory is about the quantized model plus one full-precision layer: each Linear weight is read from disk,
-    cast to `dtype`, quantized on `device` and dropped before the next one is read.
-
-    Args:
-        checkpoint_dir: a litgpt_lite checkpoint directory.
-        mode: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
-        device: where the model lives (and where quantization runs).
-        dtype: dtype of the unquantized weights and of the 4-bit dequantization (default: as stored).
-        skip: Linear modules left unquantized (see `quantize_model`).
-        int8_threshold: LLM.int8() outlier threshold.
-    """
-    check_mode(mode)
-    import_bitsandbytes()
-    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
-    device = torch.device(device)
-    config = load_config(checkpoint_dir)
-    model = _meta_model(config)
-    reader = _weights_reader(checkpoint_dir)
-    check_state_dict(model, reader.meta(), source=str(checkpoint_dir))
-    targets = set(quantizable_linears(model, skip))
-    names = reader.names()
-    present = set(names)
-    for name in names:
-        module_name, _, attr = name.rpartition(".")
-        if module_name in targets:
-            if attr == "weight":  # the bias (if any) is read here too, so each layer is built in one go
-                bias_name = f"{module_name}.bias"
-                bias = reader.read(bias_name, dtype) if bias_name in present else None
-                weight = reader.read(name, dtype)
-                set_submodule(model, module_name, quantize_linear(weight, bias, mode, device, int8_threshold))
-                del weight, bias
-                release_freed_memory()
-            continue
-        if name == "lm_head.weight" and config.tie_embeddings:
-            continue
-        _place(model, name, reader.read(name, dtype).to(device))
-    _tie_head(model, targets, mode, device, int8_threshold)
-    return _finish(model, device)
-
-
-def _tie_head(model: nn.Module, targets: set[str], mode: str, device: torch.device, int8_threshold: float) -> None:
-    if not model.config.tie_embeddings:
-        return
-    wte = model.transformer.wte.weight
-    if "lm_head" in targets:
-        set_submodule(model, "lm_head", quantize_linear(wte.detach().clone(), None, mode, device, int8_threshold))
-    else:
-        model.lm_head.weight = wte
-
-
-# ---------------------------------------------------------------- pre-quantized checkpoints
-def save_quantized_checkpoint(
-    model: nn.Module, mode: str, out_dir: str | Path, source_dir: str | Path | None, settings: dict[str, Any]
-) -> Path:
-    """Write a quantized model as a checkpoint dir (atomically): packed weights + quant state, config, tokenizer."""
-    import yaml
-
-    bnb = import_bitsandbytes()
-    state = model.state_dict()  # bitsandbytes layers add their quant state (absmax, quant_map, packed metadata)
-    if model.config.tie_embeddings and not is_quantized_linear(model.lm_head):
-        state.pop("lm_head.weight", None)
-    info = {"mode": mode, "blocksize": BLOCKSIZE, "bitsandbytes": bnb.__version__, **settings}
-    with atomic_dir(out_dir) as tmp:
-        writer = SafetensorsWriter(tmp / QUANTIZED_WEIGHTS, metadata={"format": "pt", "quantize": mode})
-        try:
-            for name, tensor in state.items():
-                writer.add(name, tensor)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close()
-        model.config.save(tmp / CONFIG)
-        (tmp / QUANTIZE_YAML).write_text(yaml.safe_dump(info, sort_keys=False))
-        if source_dir is not None:
-            copy_tokenizer_files(Path(source_dir), tmp)
-            for extra in ("prompt_style.yaml", "hyperparameters.yaml"):
-                if (Path(source_dir) / extra).is_file():
-                    shutil.copy2(Path(source_dir) / extra, tmp / extra)
-    return Path(out_dir)
-
-
-def read_quantize_yaml(checkpoint_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    info = yaml.safe_load((checkpoint_dir / QUANTIZE_YAML).read_text()) or {}
-    if info.get("mode") not in MODES:
-        raise UserError(f"{checkpoint_dir / QUANTIZE_YAML} names no valid mode (got {info.get('mode')!r})")
-    if not (checkpoint_dir / QUANTIZED_WEIGHTS).is_file():
-        raise UserError(f"{checkpoint_dir} has {QUANTIZE_YAML} but no {QUANTIZED_WEIGHTS}: re-run litgpt_lite quantize")
-    return info
-
-
-def load_prequantized_model(
-    checkpoint_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> nn.Module:
-    """Load a checkpoint written by `litgpt_lite quantize`: the stored 4-bit/int8 weights are used as they are."""
-    bnb = import_bitsandbytes()
-    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir, need_weights=False)
-    info = read_quantize_yaml(checkpoint_dir)
-    device = torch.device(device)
-    model = _meta_model(load_config(checkpoint_dir))
-    reader = TensorReader(checkpoint_dir / QUANTIZED_WEIGHTS)
-    targets = quantizable_linears(model, info.get("skip", DEFAULT_SKIP))
-    names = set(reader.names())
-    for target in targets:
-        prefix = f"{target}."  # a Linear has no submodules: every key under its prefix is its own
-        own = {k[len(prefix) :]: k for k in names if k.startswith(prefix)}
-        if "weight" not in own:
-            raise UserError(f"{reader.path} lacks {prefix}weight: re-run litgpt_lite quantize")
-        tensors = {k: reader.read(full) for k, full in own.items()}
-        names -= set(own.values())
-        module = _prequantized_linear(bnb, model.get_submodule(target), tensors, info, device, dtype)
-        set_submodule(model, target, module)
-    for name in sorted(names):
-        _place(model, name, reader.read(name, dtype).to(device))
-    if model.config.tie_embeddings and "lm_head" not in targets:
-        model.lm_head.weight = model.transformer.wte.weight
-    return _finish(model, device)
-
-
-def _prequantized_linear(
-    bnb, meta_linear: nn.Module, tensors: dict[str, torch.Tensor], info: dict, device, dtype: torch.dtype | None
-):
-    """A bitsandbytes Linear from its saved tensors (`weight`, `bias`, quant state), with no re-quantization."""
-    has_bias = "bias" in tensors
-    out_f, in_f = meta_linear.out_features, meta_linear.in_features
-    if MODES[info["mode"]] is None:
-        module = bnb.nn.Linear8bitLt(
-            in_f, out_f, has_bias, has_fp16_weights=False, threshold=info.get("int8_threshold", 6.0), device="meta"
-        )
-        cb, scb = tensors["weight"].to(device), tensors["SCB"].to(device)
-        module.weight = bnb.nn.Int8Params(cb, requires_grad=False, has_fp16_weights=False, CB=cb, SCB=scb)
-    else:
-        stats = {k[len("weight.") :]: v for k, v in tensors.items() if k.startswith("weight.")}
-        module = bnb.nn.Linear4bit(in_f, out_f, has_bias, quant_type=MODES[info["mode"]][0], device="meta")
-        module.weight = bnb.nn.Params4bit.from_prequantized(
-            tensors["weight"], stats, requires_grad=False, device=device, module=module
-        )
-        # the matmul runs in the requested dtype (fp32 on CPUs without fast bf16), whatever the stored one
-        module.compute_dtype = _default_compute_dtype(dtype or module.weight.quant_state.dtype, device)
-        module.compute_type_is_set = True
-    if has_bias:
-        module.bias = nn.Parameter(tensors["bias"].to(device), requires_grad=False)
-    return module
-
-
-def quantize_cli(
-    checkpoint_dir: Path,
-    quantize: str = "bnb.nf4",
-    out_dir: Path | None = None,
-    dtype: str | None = None,
-    int8_threshold: float = 6.0,
-    skip: list[str] | None = None,
-    device: str | None = None,
-) -> None:
-    """Write a pre-quantized copy of a checkpoint that loads without re-quantizing.
-
-    Args:
-        checkpoint_dir: the full-precision litgpt_lite checkpoint directory.
-        quantize: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
-        out_dir: where to write the quantized checkpoint, replaced atomically if it exists (default: beside the
-            checkpoint, named `<checkpoint_dir>-<mode>`, e.g. `SmolLM2-135M-bnb.nf4`).
-        dtype: dtype of the unquantized weights (embeddings, norms, lm_head) and of 4-bit dequantization:
-            bfloat16, float16 or float32 (default: as stored in the checkpoint).
-        int8_threshold: LLM.int8() outlier threshold (bnb.int8 only).
-        skip: Linear modules to keep in full precision (default: lm_head and the MoE router).
-        device: where to quantize (default: cuda when a GPU is present, else cpu). bitsandbytes' CPU and CUDA
-            kernels may round the double-quantized scales differently, so quantize where the model will run.
-    """
-    check_mode(quantize)
-    from litgpt_lite.precision import resolve_device
-
-    device = resolve_device(device)  # one-line errors for an unknown device or a missing GPU
-    torch_dtype = _parse_dtype(dtype)
-    checkpoint_dir = validate_checkpoint_dir(checkpoint_dir)
-    out_dir = Path(out_dir) if out_dir is not None else checkpoint_dir.with_name(f"{checkpoint_dir.name}-{quantize}")
-    if out_dir.resolve() == checkpoint_dir.resolve():
-        raise UserError("--out_dir must differ from the checkpoint dir: the original weights are the source")
-    skip_names = tuple(skip) if skip is not None else DEFAULT_SKIP
-    print(f"Quantizing {checkpoint_dir} to {quantize} ...")
-    model = load_quantized_model(checkpoint_dir, quantize, device, torch_dtype, skip_names, int8_threshold)
-    settings = {"skip": list(skip_names), "int8_threshold": int8_threshold}
-    save_quantized_checkpoint(model, quantize, out_dir, checkpoint_dir, settings)
-    size = (Path(out_dir) / QUANTIZED_WEIGHTS).stat().st_size
-    print(f"Wrote {out_dir} ({size / 2**20:.1f} MiB of weights)")
-
-
-def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "float32": torch.float32,
-        "fp32": torch.float32,
-    }
-    if dtype not in names:
-        raise UserError(f"Unknown dtype {dtype!r}: choose bfloat16, float16 or float32")
-    return names[dtype]
-
-
-# ---------------------------------------------------------------- the one entry point for inference
-def load_model_for_inference(
-    checkpoint_dir: str | Path,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    quantize: str | None = None,
-) -> nn.Module:
-    """The GPT of a checkpoint dir, ready for inference, however the dir stores it.
-
-    - a pre-quantized dir (`litgpt_lite quantize`): loaded as stored (`quantize`, if given, must match its mode);
-    - a LoRA output dir (adapters only): the base model plus the adapters (merged when the base is not quantized);
-    - otherwise the full-precision weights, quantized layer by layer while loading when `quantize` is set.
-
-    Args:
-        checkpoint_dir: the checkpoint directory.
-        device: where to put the model.
-        dtype: dtype of the (unquantized) weights; default as stored.
-        quantize: None, bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
-    """
-    if quantize is not None:
-        check_mode(quantize)
-    checkpoint_dir = Path(checkpoint_dir)
-    if (checkpoint_dir / QUANTIZE_YAML).is_file():
-        stored = read_quantize_yaml(checkpoint_dir)["mode"]
-        if quantize is not None and quantize != stored:
-            raise UserError(
-                f"{checkpoint_dir} is pre-quantized with {stored}: drop --quantize (or pass {stored}), "
-                "or quantize the original checkpoint instead"
-            )
-        return load_prequantized_model(checkpoint_dir, device, dtype)
-    from litgpt_lite.lora import LORA_WEIGHTS, load_lora_model
-
-    has_full = (checkpoint_dir / WEIGHTS).is_file() or (checkpoint_dir / LEGACY_WEIGHTS).is_file()
-    if (checkpoint_dir / LORA_WEIGHTS).is_file() and not has_full:
-        return load_lora_model(checkpoint_dir, device=device, dtype=dtype, quantize=quantize)
-    if quantize is None:
-        return load_model(checkpoint_dir, device=device, dtype=dtype)
-    return load_quantized_model(checkpoint_dir, quantize, device, dtype)

@@ -2,13 +2,15 @@
 
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
 
-from litgpt_lite.checkpoint import SafetensorsReader, load_model, save_checkpoint
+from litgpt_lite.checkpoint import SafetensorsReader, save_checkpoint
 from litgpt_lite.config import Config
 from litgpt_lite.errors import UserError
+from litgpt_lite.loading import load_model
 from litgpt_lite.model import GPT
 
 
@@ -40,13 +42,18 @@ def test_save_load_roundtrip_and_tied(tmp_path):
         assert (loaded.lm_head.weight is loaded.transformer.wte.weight) == tied
 
 
-def test_litgpt_pth_loads_without_unpickling_code(tmp_path):
-    """A LitGPT checkpoint (lit_model.pth, older `attn.attn` names) loads with torch.load(weights_only=True)."""
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy-pickle"])
+def test_litgpt_pth_loads_without_unpickling_code(tmp_path, zip_format):
+    """A LitGPT checkpoint (lit_model.pth, older `attn.attn` names) loads with torch.load(weights_only=True), also in
+    the legacy pickle format of torch.save(_use_new_zipfile_serialization=False), which cannot be memory-mapped (it
+    failed with torch's mmap message before); a malicious one is refused in either format."""
     torch.manual_seed(0)
     model = GPT(tiny_config()).eval()
     model.config.save(tmp_path / "model_config.yaml")
     state = {k.replace(".attn.qkv.", ".attn.attn."): v for k, v in model.state_dict().items()}
-    torch.save(state, tmp_path / "lit_model.pth")
+    saved = state if zip_format else {"model": state}
+    torch.save(saved, tmp_path / "lit_model.pth", _use_new_zipfile_serialization=zip_format)
+    assert zipfile.is_zipfile(tmp_path / "lit_model.pth") == zip_format
     loaded = load_model(tmp_path)
     idx = torch.randint(0, 64, (1, 5))
     with torch.no_grad():
@@ -56,9 +63,10 @@ def test_litgpt_pth_loads_without_unpickling_code(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    torch.save({"model": Evil()}, tmp_path / "lit_model.pth")
-    with pytest.raises(UserError, match="Cannot read"):
+    torch.save({"model": Evil()}, tmp_path / "lit_model.pth", _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(UserError, match="Cannot read .*lit_model.pth: UnpicklingError") as e:
         load_model(tmp_path)
+    assert "\n" not in str(e.value)
 
 
 def test_truncated_safetensors_is_a_clear_error(tmp_path):

@@ -15,9 +15,9 @@ transformers = pytest.importorskip("transformers")
 
 from hub_server import HubServer  # noqa: E402
 
-from litgpt_lite.checkpoint import load_model  # noqa: E402
 from litgpt_lite.download import download, ensure_checkpoint  # noqa: E402
 from litgpt_lite.errors import UserError  # noqa: E402
+from litgpt_lite.loading import load_model  # noqa: E402
 from litgpt_lite.safe_paths import UnsafePathError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -12,10 +12,11 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from litgpt_lite.checkpoint import load_model, save_checkpoint
+from litgpt_lite.checkpoint import save_checkpoint
 from litgpt_lite.config import Config
 from litgpt_lite.errors import UserError
 from litgpt_lite.evaluate import LitLM, evaluate, materialize_bundled_tasks, task_manager_for
+from litgpt_lite.loading import load_model
 from litgpt_lite.model import GPT
 from litgpt_lite.tokenizer import Tokenizer
 
@@ -38,7 +39,7 @@ def tiny_checkpoint(smollm2_hf, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_checkpoint) -> LitLM:
-    return LitLM(load_model(tiny_checkpoint, dtype=torch.float32), Tokenizer(tiny_checkpoint), batch_size=4)
+    return LitLM(load_model(tiny_checkpoint, precision=torch.float32), Tokenizer(tiny_checkpoint), batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,7 @@ def test_smollm2_multiple_choice_parity_with_hflm(smollm2_hf, smollm2_lit):
 
     with tempfile.TemporaryDirectory() as tmp:
         manager = task_manager_for(["litgpt_lite_mc"], [materialize_bundled_tasks(Path(tmp))])
-        ours = LitLM(load_model(smollm2_lit, dtype=torch.float32), Tokenizer(smollm2_lit), batch_size=8)
+        ours = LitLM(load_model(smollm2_lit, precision=torch.float32), Tokenizer(smollm2_lit), batch_size=8)
         theirs = HFLM(pretrained=str(smollm2_hf), dtype="float32", batch_size=8, device="cpu")
         runs = [
             simple_evaluate(model=lm, tasks=["litgpt_lite_mc"], limit=6, task_manager=manager, log_samples=True)

@@ -196,7 +196,7 @@ def test_batched_greedy_equals_one_at_a_time():
             if d.token_id is not None:
                 batched[d.row].append(d.token_id)
     for p, got in zip(prompts, batched):
-        assert got == greedy_tokens(model, p, 12)
+        assert got == greedy_tokens(model, tok, p, 12)
         assert len(got) == 12
 
 
@@ -217,7 +217,7 @@ def test_finished_rows_leave_the_batch_and_the_rest_is_unchanged():
             if d.token_id is not None:
                 got[d.row].append(d.token_id)
     for p, n, row in zip(prompts, budgets, got):
-        assert row == greedy_tokens(model, p, n)
+        assert row == greedy_tokens(model, tok, p, n)
     assert cache_rows[0] == 4 and cache_rows[-1] == 1  # the batch shrank as rows finished
     assert sorted(set(cache_rows), reverse=True) == [4, 3, 2, 1]
 
@@ -226,7 +226,7 @@ def test_ignore_eos_runs_to_max_new_tokens():
     model = tiny("llama_gqa", block_size=64)
     tok = CharTokenizer()
     tok.stop_ids = set()
-    free = greedy_tokens(model, [1, 2, 3], 8)
+    free = greedy_tokens(model, tok, [1, 2, 3], 8)
     tok.stop_ids = {free[0]}  # the first greedy token is now the end-of-sequence token
 
     def run(**kw):

@@ -65,3 +65,24 @@ def test_chat_two_turns_in_a_pty(smollm2_lit):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_kernels_flag_on_generate(tmp_path):
+    """`--kernels none` loads and generates; a wrong value is one line and exit code 2, before any loading."""
+    import torch
+    from tiny_configs import tiny_llama
+    from tokenizer_fixtures import build_bpe_dir
+
+    from litgpt_lite.checkpoint import save_checkpoint
+    from litgpt_lite.model import GPT
+
+    torch.manual_seed(0)
+    config = tiny_llama(vocab_size=600)
+    ckpt = save_checkpoint(GPT(config), config, tmp_path / "ckpt", tokenizer_dir=build_bpe_dir(tmp_path / "tok"))
+    base = [sys.executable, "-m", "litgpt_lite", "generate", str(ckpt), "--max_new_tokens", "3", "--device", "cpu"]
+    ok = subprocess.run([*base, "--kernels", "none", "--raw", "true"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "Time for inference 1" in ok.stderr
+    bad = subprocess.run([*base, "--kernels", "fast"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: --kernels must be one of auto, none, got 'fast'"

@@ -8,10 +8,12 @@ import pytest
 import torch
 from tiny_configs import tiny_llama
 
-from litgpt_lite.checkpoint import WEIGHTS, load_model, save_checkpoint
+from litgpt_lite.checkpoint import WEIGHTS, save_checkpoint
 from litgpt_lite.config import Config
 from litgpt_lite.errors import UserError
-from litgpt_lite.lora import LORA_WEIGHTS, LORA_YAML, LoRALinear, LoRARecipe, merge_lora_cli, merge_lora_modules
+from litgpt_lite.loading import load_model
+from litgpt_lite.lora import LORA_WEIGHTS, LORA_YAML, LoRALinear, LoRARecipe, merge_lora_modules
+from litgpt_lite.merge_lora import merge_lora_cli
 from litgpt_lite.model import GPT
 
 llama = tiny_llama
@@ -97,9 +99,7 @@ def test_merge_is_exact(tmp_path, case):
     # the in-memory merge agrees too, and a LoRA dir loads for inference as it is
     with torch.no_grad():
         torch.testing.assert_close(merge_lora_modules(model)(idx), expected, rtol=1e-5, atol=1e-4)
-        from litgpt_lite.quantize import load_model_for_inference
-
-        torch.testing.assert_close(load_model_for_inference(lora_dir)(idx), expected, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(load_model(lora_dir)(idx), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_adapters_start_as_a_no_op(tmp_path):

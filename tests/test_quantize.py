@@ -14,24 +14,17 @@ import torch
 
 bnb = pytest.importorskip("bitsandbytes")
 
+from generation_helpers import greedy  # noqa: E402
 from tiny_configs import tiny_llama  # noqa: E402
 
-from litgpt_lite.checkpoint import load_model, save_checkpoint  # noqa: E402
+from litgpt_lite.checkpoint import QUANTIZED_WEIGHTS, save_checkpoint  # noqa: E402
 from litgpt_lite.config import Config  # noqa: E402
 from litgpt_lite.errors import UserError  # noqa: E402
-from litgpt_lite.generate import greedy_tokens  # noqa: E402
+from litgpt_lite.loading import load_model  # noqa: E402
 from litgpt_lite.lora import LoRALinear, LoRARecipe  # noqa: E402
 from litgpt_lite.model import GPT, is_plain_linear  # noqa: E402
-from litgpt_lite.quantize import (  # noqa: E402
-    MODES,
-    QUANTIZED_WEIGHTS,
-    load_model_for_inference,
-    load_quantized_model,
-    quantize_cli,
-    quantize_model,
-    quantized_layers_bf16_bytes,
-    weight_bytes,
-)
+from litgpt_lite.quantize import MODES, quantize_model, quantized_layers_bf16_bytes, weight_bytes  # noqa: E402
+from litgpt_lite.quantize_cli import quantize_cli  # noqa: E402
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -55,12 +48,12 @@ def quantized_types(model) -> set[str]:
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_each_mode_loads_and_generates(tiny_ckpt, mode):
-    model = load_model_for_inference(tiny_ckpt, quantize=mode)
+    model = load_model(tiny_ckpt, quantize=mode)
     assert quantized_types(model) == {"Linear8bitLt" if mode == "bnb.int8" else "Linear4bit"}
     assert is_plain_linear(model.lm_head)  # the head stays in full precision
     assert model.lm_head.weight is model.transformer.wte.weight  # and stays tied
     prompt = [5, 17, 42, 7]
-    tokens = greedy_tokens(model, prompt, max_new_tokens=6)
+    tokens = greedy(model, prompt, max_new_tokens=6)
     assert len(tokens) == 6 and all(0 <= t < 256 for t in tokens)
     # the KV-cache decode agrees with recomputing the whole sequence each step
     with torch.no_grad():
@@ -73,7 +66,7 @@ def test_each_mode_loads_and_generates(tiny_ckpt, mode):
 @pytest.mark.parametrize("mode", ["bnb.nf4", "bnb.fp4", "bnb.int8"])
 def test_quantized_logits_close_to_full_precision(tiny_ckpt, mode):
     ref = load_model(tiny_ckpt)
-    model = load_model_for_inference(tiny_ckpt, quantize=mode)
+    model = load_model(tiny_ckpt, quantize=mode)
     idx = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected, got = ref(idx), model(idx)
@@ -96,15 +89,15 @@ def test_nf4_logits_close_on_smollm2(smollm2_lit):
     idx = torch.tensor([Tokenizer(smollm2_lit).encode(TEXT)])
     with torch.no_grad():
         expected = load_model(smollm2_lit)(idx)
-        got = load_quantized_model(smollm2_lit, "bnb.nf4")(idx)
+        got = load_model(smollm2_lit, quantize="bnb.nf4")(idx)
     rel = ((got - expected).norm() / expected.norm()).item()
     assert rel < SMOLLM2_NF4_REL_ERROR_BOUND, rel
 
 
 def test_bad_mode_lists_the_valid_ones(tiny_ckpt, tmp_path):
     for call in (
-        lambda: load_model_for_inference(tiny_ckpt, quantize="nf4"),
-        lambda: load_model_for_inference(tmp_path / "does-not-exist", quantize="bnb.nf5"),
+        lambda: load_model(tiny_ckpt, quantize="nf4"),
+        lambda: load_model(tmp_path / "does-not-exist", quantize="bnb.nf5"),
         lambda: quantize_model(GPT(tiny_config()), "int4"),
         lambda: quantize_cli(tiny_ckpt, "bnb.int4", tmp_path / "q"),
         lambda: LoRARecipe(quantize="bnb.nf4dq"),
@@ -123,14 +116,14 @@ def test_prequantized_checkpoint_round_trips_bit_exactly(tiny_ckpt, tmp_path, mo
     out = tmp_path / "quantized"
     quantize_cli(tiny_ckpt, mode, out)
     assert (out / QUANTIZED_WEIGHTS).is_file() and (out / "model_config.yaml").is_file()
-    original = load_quantized_model(tiny_ckpt, mode)
+    original = load_model(tiny_ckpt, quantize=mode)
 
     def no_requantizing(*args, **kwargs):
         raise AssertionError("a pre-quantized checkpoint must load without re-quantizing")
 
     monkeypatch.setattr(bnb.functional, "quantize_4bit", no_requantizing)
     monkeypatch.setattr(bnb.functional, "int8_vectorwise_quant", no_requantizing)
-    reloaded = load_model_for_inference(out)
+    reloaded = load_model(out)
     monkeypatch.undo()
     a, b = original.state_dict(), reloaded.state_dict()
     assert list(a) == list(b)
@@ -141,7 +134,7 @@ def test_prequantized_checkpoint_round_trips_bit_exactly(tiny_ckpt, tmp_path, mo
         assert torch.equal(original(idx), reloaded(idx))
     other = "bnb.fp4" if mode != "bnb.fp4" else "bnb.nf4"
     with pytest.raises(UserError, match=f"pre-quantized with {mode}"):
-        load_model_for_inference(out, quantize=other)
+        load_model(out, quantize=other)
 
 
 def test_skip_controls_which_linears_are_quantized():
@@ -153,7 +146,7 @@ def test_skip_controls_which_linears_are_quantized():
     assert torch.equal(model.transformer.wte.weight, embedding)  # and the embedding keeps full precision
     assert all(is_plain_linear(block.mlp.fc_2) for block in model.transformer.h)
     assert all(isinstance(block.mlp.fc_1, bnb.nn.Linear4bit) for block in model.transformer.h)
-    assert len(greedy_tokens(model, [1, 2, 3], max_new_tokens=3)) == 3
+    assert len(greedy(model, [1, 2, 3], max_new_tokens=3)) == 3
 
 
 def test_qlora_output_dir_loads_for_inference_with_a_quantized_base(tiny_ckpt, tmp_path):
@@ -164,13 +157,13 @@ def test_qlora_output_dir_loads_for_inference_with_a_quantized_base(tiny_ckpt, t
             if name.endswith("lora_B"):
                 p.normal_(0, 0.1)
     recipe.export(model, tmp_path / "qlora", tiny_ckpt)
-    loaded = load_model_for_inference(tmp_path / "qlora", quantize="bnb.nf4")
+    loaded = load_model(tmp_path / "qlora", quantize="bnb.nf4")
     qkv = loaded.transformer.h[0].attn.qkv
     assert isinstance(qkv, LoRALinear) and isinstance(qkv.base, bnb.nn.Linear4bit)  # adapters stay unmerged
     idx = torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         torch.testing.assert_close(loaded(idx), model.eval()(idx))
-    assert len(greedy_tokens(loaded, [3, 4, 5], max_new_tokens=3)) == 3
+    assert len(greedy(loaded, [3, 4, 5], max_new_tokens=3)) == 3
 
 
 @pytest.mark.parametrize("mode", ["bnb.nf4", "bnb.nf4-dq"])
@@ -279,7 +272,8 @@ def test_streaming_load_peak_memory_on_smollm2(smollm2_lit):
     script = textwrap.dedent(
         f"""
         import json, re, torch
-        from litgpt_lite.quantize import load_quantized_model, weight_bytes
+        from litgpt_lite.loading import load_model
+        from litgpt_lite.quantize import weight_bytes
         import bitsandbytes  # imports settle before the baseline
 
         def status(key):
@@ -288,7 +282,7 @@ def test_streaming_load_peak_memory_on_smollm2(smollm2_lit):
         torch.nn.Linear(8, 8)(torch.randn(2, 8))
         open("/proc/self/clear_refs", "w").write("5")  # reset the peak-RSS counter (VmHWM)
         before = status("VmRSS")
-        model = load_quantized_model({str(smollm2_lit)!r}, "bnb.nf4", "cpu", torch.bfloat16)
+        model = load_model({str(smollm2_lit)!r}, "cpu", torch.bfloat16, quantize="bnb.nf4")
         print(json.dumps({{"grown": status("VmHWM") - before, "model": weight_bytes(model)}}))
         """
     )
@@ -306,11 +300,11 @@ def test_streaming_load_peak_memory_on_smollm2(smollm2_lit):
 @cuda
 @pytest.mark.parametrize("mode", list(MODES))
 def test_each_mode_on_cuda(tiny_ckpt, tmp_path, mode):
-    model = load_model_for_inference(tiny_ckpt, device="cuda", quantize=mode)
+    model = load_model(tiny_ckpt, device="cuda", quantize=mode)
     assert model.transformer.h[0].attn.qkv.weight.device.type == "cuda"
-    assert len(greedy_tokens(model, [5, 17, 42], max_new_tokens=4)) == 4
+    assert len(greedy(model, [5, 17, 42], max_new_tokens=4)) == 4
     quantize_cli(tiny_ckpt, mode, tmp_path / "q")
-    reloaded = load_model_for_inference(tmp_path / "q", device="cuda")
+    reloaded = load_model(tmp_path / "q", device="cuda")
     idx = torch.randint(0, 256, (1, 8), device="cuda")
     with torch.no_grad():
         torch.testing.assert_close(model(idx), reloaded(idx), rtol=0, atol=0)

@@ -5,8 +5,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from litgpt_lite.checkpoint import load_model  # noqa: E402
 from litgpt_lite.generate import greedy_tokens  # noqa: E402
+from litgpt_lite.loading import load_model  # noqa: E402
+from litgpt_lite.tokenizer import Tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -14,6 +15,11 @@ def models(smollm2_hf, smollm2_lit):
     hf = transformers.AutoModelForCausalLM.from_pretrained(smollm2_hf, dtype=torch.float32).eval()
     tok = transformers.AutoTokenizer.from_pretrained(smollm2_hf)
     return hf, tok, load_model(smollm2_lit)
+
+
+@pytest.fixture(scope="module")
+def our_tokenizer(smollm2_lit):
+    return Tokenizer(smollm2_lit)
 
 
 def test_full_sequence_logits_match(models):
@@ -26,7 +32,7 @@ def test_full_sequence_logits_match(models):
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
-def test_greedy_32_tokens_match_hf_generate(models):
+def test_greedy_32_tokens_match_hf_generate(models, our_tokenizer):
     hf, tok, ours = models
     text = tok.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
@@ -36,6 +42,6 @@ def test_greedy_32_tokens_match_hf_generate(models):
         expected = hf.generate(
             ids, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0, min_new_tokens=32
         )[0, ids.shape[1] :].tolist()
-    got = greedy_tokens(ours, ids[0].tolist(), 32)
+    got = greedy_tokens(ours, our_tokenizer, ids[0].tolist(), 32)
     assert got == expected
     assert tok.decode(got).startswith("The capital of France is Paris.")

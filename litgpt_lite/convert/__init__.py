@@ -11,17 +11,6 @@ from pathlib import Path
 
 from litgpt_lite.errors import UserError
 
-DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-    "16-true": "float16",
-    "bf16-true": "bfloat16",
-    "32-true": "float32",
-}
 HF_SHARD_BYTES = 5 * 1024**3
 
 
@@ -201,11 +190,9 @@ def _torch_dtype(dtype: str | None):
     """The torch dtype a --dtype name stands for (None keeps the source's), or a UserError listing the names."""
     if dtype is None:
         return None
-    if dtype not in DTYPES:
-        raise UserError(f"Unknown dtype {dtype!r}. Choose one of: {', '.join(DTYPES)}")
-    import torch
+    from litgpt_lite.precision import parse_dtype
 
-    return getattr(torch, DTYPES[dtype])
+    return parse_dtype(dtype)
 
 
 def _peft_import(peft_dir: Path, base: Path | None, model_name: str | None, dtype: str | None, out_dir) -> Path:
@@ -228,7 +215,7 @@ def _lora_export(lora_dir: Path, output_dir: Path, dtype: str | None, merge: boo
         return None
     import tempfile
 
-    from litgpt_lite.lora import merge_lora_cli
+    from litgpt_lite.merge_lora import merge_lora_cli
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output_dir.name}.merge-", dir=output_dir.parent) as tmp:

@@ -44,8 +44,8 @@ def convert_gguf(path: str | Path, out_dir: str | Path | None = None, dtype: str
     import torch
 
     from litgpt_lite.checkpoint import CONFIG, WEIGHTS, atomic_dir
-    from litgpt_lite.convert import DTYPES
     from litgpt_lite.convert.gguf_tokenizer import tokenizer_files
+    from litgpt_lite.precision import DTYPE_NAMES as DTYPES
 
     path = Path(path)
     if dtype is not None and dtype not in DTYPES:

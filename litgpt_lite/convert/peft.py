@@ -55,7 +55,7 @@ from litgpt_lite.lora import (
     lora_modules,
     lora_targets,
     qkv_blocks,
-    read_lora_dir,
+    read_adapter,
 )
 from litgpt_lite.model import GPT
 
@@ -145,11 +145,11 @@ def export_peft(checkpoint_dir: Path, output_dir: Path, dtype: torch.dtype | Non
         dtype: store the adapters in this dtype; default keeps theirs.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    cfg, base, info = read_lora_dir(checkpoint_dir, None)
+    found = read_adapter(checkpoint_dir)
+    cfg, base, info, adapters = found.config, found.base_checkpoint_dir, found.info, found.tensors
     if info.get("quantize"):
         print(f"The adapters were trained on a {info['quantize']} base; PEFT applies them to the base it is given.")
     config = load_config(checkpoint_dir if (checkpoint_dir / CONFIG).is_file() else base)
-    adapters = read_safetensors(checkpoint_dir / LORA_WEIGHTS)
     targets = checked_lora_modules(config, cfg, adapters, source=str(checkpoint_dir / LORA_WEIGHTS))
     experts = next((n for n in targets if ".experts." in n), None)
     if experts is not None:

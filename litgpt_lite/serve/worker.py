@@ -68,10 +68,9 @@ class WorkerChannel:
 
 def load_model(checkpoint_dir: Path, device, precision: str | None, quantize: str | None, kernels: str):
     """The one place serve loads its model (in each inference worker)."""
-    from litgpt_lite.api import load_inference_model
-    from litgpt_lite.kernels import install_kernels
+    from litgpt_lite.loading import load_for_inference
 
-    return install_kernels(load_inference_model(checkpoint_dir, device, precision, quantize), kernels)
+    return load_for_inference(checkpoint_dir, device, precision, quantize, kernels=kernels)[0]
 
 
 class GenerationAPI(ls.LitAPI):

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from litgpt_lite.errors import UserError
-from litgpt_lite.train.distributed import is_sharded, unwrap
+from litgpt_lite.modules import unwrap_model
+from litgpt_lite.train.distributed import is_sharded
 from litgpt_lite.train.recipes import Recipe
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ def save_training_checkpoint(
     """
     final = checkpoint_dir(out_dir, state.step)
     tmp = final.with_name(f".{final.name}.tmp")
-    raw = unwrap(model)
+    raw = unwrap_model(model)
     try:
         _write_checkpoint(fabric, tmp, recipe, raw, optimizer, scheduler, state)
     except (OSError, RuntimeError) as e:
@@ -279,7 +280,7 @@ def load_training_checkpoint(
     info = json.loads((path / "state.json").read_text())
     if info.get("world_size", fabric.world_size) != fabric.world_size and not is_sharded(fabric):
         fabric.print(f"note: {path} was written by {info['world_size']} process(es), resuming on {fabric.world_size}")
-    raw = unwrap(model)
+    raw = unwrap_model(model)
     if is_sharded(fabric):
         _load_sharded(raw, optimizer, path)
     else:

@@ -89,12 +89,6 @@ def checkpoint_blocks(model: torch.nn.Module) -> None:
         block.forward = forward
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model under Fabric's wrapper (`.module`) and torch.compile's (`._orig_mod`)."""
-    module = getattr(model, "module", model)
-    return getattr(module, "_orig_mod", module)
-
-
 def gather_full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The whole (unsharded) state dict of an FSDP2 model on CPU; every process must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from litgpt_lite.data.base import IGNORE_INDEX
-from litgpt_lite.train.distributed import unwrap
+from litgpt_lite.modules import unwrap_model
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -46,7 +46,7 @@ def loss_sum(
     hidden = model(x, segment_ids=segments, return_hidden=True)  # (B, T, C)
     keep = y != IGNORE_INDEX
     hidden, targets = hidden[keep], y[keep]  # (N, C), (N,)
-    plain = unwrap(model)
+    plain = unwrap_model(model)
     head = plain.logits
     if not chunk:
         return _chunk_loss(head, fabric, hidden, targets)

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from litgpt_lite.errors import UserError
+from litgpt_lite.modules import unwrap_model
 from litgpt_lite.train.args import EvalArgs, TrainArgs
-from litgpt_lite.train.distributed import STRATEGIES, Strategy, is_sharded, make_fabric, unwrap, world_size
+from litgpt_lite.train.distributed import STRATEGIES, Strategy, is_sharded, make_fabric, world_size
 from litgpt_lite.train.hparams import write_hyperparameters
 from litgpt_lite.train.recipes import Recipe
 
@@ -302,11 +303,11 @@ def _total_steps(train: TrainArgs, dataset: Dataset) -> int:
 
 
 def _build_model(run: Run, config: Config) -> torch.nn.Module:
-    from litgpt_lite.checkpoint import load_model
+    from litgpt_lite.loading import load_model
     from litgpt_lite.model import GPT
 
-    if run.checkpoint_dir is not None:
-        return load_model(run.checkpoint_dir, device="cpu").train()
+    if run.checkpoint_dir is not None:  # training runs torch's modules: the inference kernels gain nothing with grads
+        return load_model(run.checkpoint_dir, device="cpu", kernels="none").train()
     model = GPT(config)
     if run.init_weights is not None:
         run.init_weights(model)
@@ -352,7 +353,7 @@ def make_sampler(
     prompt = item["input_ids"][: first + 1 if first > 0 else 16].tolist()
 
     def sample(model: torch.nn.Module) -> str | None:
-        raw = unwrap(model)
+        raw = unwrap_model(model)
         was_training = raw.training
         raw.eval()
         try:

@@ -8,9 +8,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from litgpt_lite.checkpoint import load_model  # noqa: E402
 from litgpt_lite.convert import convert_from_litgpt, convert_to_litgpt  # noqa: E402
 from litgpt_lite.errors import UserError  # noqa: E402
+from litgpt_lite.loading import load_model  # noqa: E402
 
 BASE = dict(
     vocab_size=96,

@@ -17,10 +17,10 @@ from gguf import GGMLQuantizationType as Q  # noqa: E402
 from gguf import GGUFWriter  # noqa: E402
 from gguf.quants import dequantize, quantize  # noqa: E402
 
-from litgpt_lite.checkpoint import load_model  # noqa: E402
 from litgpt_lite.convert import convert_to_litgpt  # noqa: E402
 from litgpt_lite.convert.gguf import convert_gguf, open_gguf, read_tensor  # noqa: E402
 from litgpt_lite.errors import UserError  # noqa: E402
+from litgpt_lite.loading import load_model  # noqa: E402
 
 
 # ---------------------------------------------------------------- writing GGUF files
@@ -826,6 +826,7 @@ def test_smollm2_greedy_answer_equals_transformers(smollm2_gguf_ckpt, smollm2_hf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from litgpt_lite.generate import greedy_tokens
+    from litgpt_lite.tokenizer import Tokenizer
 
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     ours_tok = AutoTokenizer.from_pretrained(smollm2_gguf_ckpt)  # transformers reads our tokenizer files as they are
@@ -836,7 +837,7 @@ def test_smollm2_greedy_answer_equals_transformers(smollm2_gguf_ckpt, smollm2_hf
     assert ids.tolist() == ref_tok(prompt, return_tensors="pt").input_ids.tolist()
 
     with torch.no_grad():
-        ours = greedy_tokens(load_model(smollm2_gguf_ckpt), ids[0].tolist(), 16)
+        ours = greedy_tokens(load_model(smollm2_gguf_ckpt), Tokenizer(smollm2_gguf_ckpt), ids[0].tolist(), 16)
     hf = AutoModelForCausalLM.from_pretrained(smollm2_hf, dtype=torch.float32).eval()
     hf.generation_config.eos_token_id = None  # 16 tokens on both sides, past <|im_end|>
     ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)

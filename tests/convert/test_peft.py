@@ -11,10 +11,12 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from litgpt_lite.__main__ import main  # noqa: E402
-from litgpt_lite.checkpoint import LORA_WEIGHTS, load_model, read_safetensors  # noqa: E402
+from litgpt_lite.checkpoint import LORA_WEIGHTS, read_safetensors  # noqa: E402
 from litgpt_lite.convert import convert_from_litgpt, convert_to_litgpt  # noqa: E402
 from litgpt_lite.errors import UserError  # noqa: E402
-from litgpt_lite.lora import LoRAConfig, inject_lora, load_lora_model, lora_modules, merge_lora_cli, save_lora  # noqa: E402
+from litgpt_lite.loading import load_model  # noqa: E402
+from litgpt_lite.lora import LoRAConfig, inject_lora, lora_modules, save_lora  # noqa: E402
+from litgpt_lite.merge_lora import merge_lora_cli  # noqa: E402
 
 VOCAB = 96
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -91,9 +93,9 @@ def _our_lora_dir(base, out_dir, dora: bool, key: bool = True, seed: int = 3, st
     return out_dir
 
 
-def _ours(lora_dir, idx, merge: bool = False, vocab: int = VOCAB):
+def _ours(lora_dir, idx, vocab: int = VOCAB):
     with torch.no_grad():
-        return load_lora_model(lora_dir, merge=merge)(idx)[..., :vocab]  # our vocab may be padded past HF's
+        return load_model(lora_dir, kernels="none")(idx)[..., :vocab]  # our vocab may be padded past HF's
 
 
 def _peft_logits(hf_dir, adapter_dir, idx):
@@ -211,7 +213,7 @@ def test_peft_to_ours(tiny_models, tmp_path, case):
     out = convert_to_litgpt(tmp_path / "peft", base=lit, out_dir=tmp_path / "ours")
     assert (out / LORA_WEIGHTS).is_file() and (out / "lora.yaml").is_file() and (out / "model_config.yaml").is_file()
     torch.testing.assert_close(_ours(out, idx), expected)
-    torch.testing.assert_close(_ours(out, idx, merge=True), expected)
+    torch.testing.assert_close(_ours(out, idx), expected)
     merge_lora_cli(out, out_dir=tmp_path / "merged")  # merge_lora takes it as it takes finetune_lora's output
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path / "merged")(idx)[..., :VOCAB], expected)

@@ -53,7 +53,7 @@ def test_finetune_full_lowers_loss_on_bundled_data(tiny_ckpt, tmp_path):
         "hyperparameters.yaml",
     ):
         assert (final / name).is_file(), name
-    from litgpt_lite.checkpoint import load_model
+    from litgpt_lite.loading import load_model
 
     load_model(final)  # the exported checkpoint loads as a normal one
 

@@ -68,6 +68,6 @@ def test_fsdp2_matches_one_process_and_resumes_from_sharded_checkpoint(single, t
     assert sorted(resumed) == [3, 4]
     for step in (3, 4):
         assert abs(resumed[step] - single[step]) < 1e-5
-    from litgpt_lite.checkpoint import load_model
+    from litgpt_lite.loading import load_model
 
     load_model(tmp_path / "resumed" / "final")  # the gathered export is a normal checkpoint
