@@ -1,6 +1,7 @@
 """Benchmarks side by side against LitGPT: the same configs, seeds and weights, run alternately in fresh processes.
 
     python benchmarks/run.py [--workloads a,b] [--repeats N] [--out benchmarks/RESULTS.md]
+    python benchmarks/run.py --gpu-suite [--smoke]      # the GPU suite in minutes (gpu_suite.py; benchmarks/gpu.sh)
 
 For each workload the runner starts LitGPT and litgpt_lite alternately (A B A B ...), each in a fresh subprocess,
 takes the median of each metric per side and reports the ratio ours / LitGPT. The machine is shared and noisy, so
@@ -523,6 +524,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "timed steps sees the same machine load (--no-lockstep: one process after the other; needs half the RAM)",
     )
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    p.add_argument("--gpu-suite", action="store_true", help="run the GPU suite instead (see --gpu-suite --help)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when present")
     p.add_argument(
         "--decode-weights",
@@ -555,6 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         return worker_main(*argv[1:4])
+    if "--gpu-suite" in argv:  # the GPU suite (gpu_suite.py) on this runner's process machinery
+        import gpu_suite
+
+        return gpu_suite.main([x for x in argv if x != "--gpu-suite"], sys.modules[__name__])
     a = parse_args(argv)
     table = workloads(a)
     if a.list:
