@@ -20,6 +20,7 @@ import json
 import os
 import shlex
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -411,12 +412,17 @@ def parse_args(argv: list[str], runner) -> argparse.Namespace:
     names = list(entries(GPU, "")) if a.workloads == "all" else [n.strip() for n in a.workloads.split(",") if n]
     unknown = [n for n in names if n not in entries(GPU, "")]
     if unknown:
-        p.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(entries(GPU, ''))}")
+        _fail(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(entries(GPU, ''))}")
     if a.budget_s < MIN_START_S:
-        p.error(f"--budget-s must be at least {MIN_START_S}")
+        _fail(f"--budget-s must be at least {MIN_START_S}, got {a.budget_s}")
     a.names = names
     a.timeout = 600  # setup processes (LitGPT's weight check); each workload gets its own
     return a
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str], runner) -> int:
