@@ -316,7 +316,23 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         met = None if v is None else (v >= t.value if t.higher_is_better else v <= t.value)
         want = (">= " if t.higher_is_better else "<= ") + f"{t.value:g}" + ("x" if t.ref else "")
         rows.append({"target": t.label, "measured": v, "want": want, "met": met, "ratio": t.ref is not None})
+        rows[-1].update(key=list(t.measured), ref=list(t.ref) if t.ref else None)
     return rows
+
+
+METRIC_NAMES = {"mfu": "MFU", "tokens_per_s": "tokens/s", "peak_mb": "peak memory", "hbm": "HBM fraction"}
+
+
+def _targets_cell(targets: list[dict[str, Any]], name: str, label: str) -> str:
+    """The targets on one row of the main table, each with whether it is met (yes / **no** / - not measured)."""
+    cells = []
+    for t in targets:
+        if t["key"][:2] != [name, label]:
+            continue
+        of = f" {t['ref'][0]} {t['ref'][1]}" if t["ref"] else ""
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        cells.append(f"{METRIC_NAMES[t['key'][2]]} {t['want']}{of}: {met}")
+    return "; ".join(cells)
 
 
 def _cell(res: dict[str, Any], key: str, fmt) -> str:
@@ -324,7 +340,7 @@ def _cell(res: dict[str, Any], key: str, fmt) -> str:
     return fmt(v) if isinstance(v, (int, float)) else "-"
 
 
-def _side_row(runner, name: str, label: str, res: dict[str, Any], ref: dict[str, Any] | None) -> str:
+def _side_row(runner, name: str, label: str, res: dict[str, Any], ref: dict[str, Any] | None, targets: str) -> str:
     fmt = runner._fmt
     ratio = "-"
     if ref is not None and res.get("tokens_per_s") and ref.get("tokens_per_s"):
@@ -335,7 +351,8 @@ def _side_row(runner, name: str, label: str, res: dict[str, Any], ref: dict[str,
             note = {"unavailable": "not available: ", "skipped": "skipped: ", "error": ""}[key] + str(res[key])
     mem = _cell(res, "peak_mb", fmt) + (" (RSS)" if res.get("memory_kind") == "RSS" else "")
     cells = [name, label, _cell(res, "tokens_per_s", fmt), mem, _cell(res, "mfu", lambda v: f"{v:.3g}")]
-    cells += [_cell(res, "hbm", lambda v: f"{v:.3g}"), ratio, _cell(res, "wall_s", fmt), runner._cell(note, 160)]
+    cells += [_cell(res, "hbm", lambda v: f"{v:.3g}"), ratio, targets, _cell(res, "wall_s", fmt)]
+    cells.append(runner._cell(note, 160))
     return "| " + " | ".join(cells) + " |"
 
 
@@ -360,16 +377,18 @@ def markdown(runner, report: dict[str, Any]) -> str:
         *report["commands"],
         "```",
         "",
-        "| workload | side | tokens/s | peak memory MiB | MFU | HBM fraction | ours / LitGPT tokens/s | process s "
-        "| note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| workload | side | tokens/s | peak memory MiB | MFU | HBM fraction | ours / LitGPT tokens/s | targets "
+        "| process s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    targets = check_targets(report)
     for name, w in report["workloads"].items():
         ref = w["sides"].get(LABELS[0])
         for label, res in w["sides"].items():
-            lines.append(_side_row(runner, name, label, res, ref if label == LABELS[1] else None))
+            cell = _targets_cell(targets, name, label)
+            lines.append(_side_row(runner, name, label, res, ref if label == LABELS[1] else None, cell))
     lines += ["", "## Targets", "", "| target | measured | target | met |", "|---|---|---|---|"]
-    for t in check_targets(report):
+    for t in targets:
         v = "-" if t["measured"] is None else f"{t['measured']:.3g}" + ("x" if t["ratio"] else "")
         met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(f"| {t['target']} | {v} | {t['want']} | {met} |")
@@ -420,6 +439,10 @@ def parse_args(argv: list[str], runner) -> argparse.Namespace:
     return a
 
 
+def _shrunk(overrides: dict[str, Any]) -> str:
+    return " shrunk to " + ", ".join(f"{k} {v}" for k, v in overrides.items())
+
+
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -436,7 +459,7 @@ def main(argv: list[str], runner) -> int:
         "machine": runner.machine(),
         "commands": ["python benchmarks/run.py --gpu-suite " + " ".join(shlex.quote(x) for x in argv)],
         "litgpt_version": runner.litgpt_version(a) if a.litgpt_available else None,
-        "model": f"{MODEL}-shaped random init" + ("" if not a.smoke else f" shrunk to {SMOKE_MODEL}"),
+        "model": f"{MODEL}-shaped random init" + (_shrunk(SMOKE.overrides) if a.smoke else ""),
         "smoke": a.smoke,
         "budget_s": a.budget_s,
         "workloads": {},
