@@ -15,6 +15,7 @@ OUT=${OUT:-benchmarks}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export BENCH_TOKENIZER_DIR=$PWD/.whl/smollm2_tok
+[ -f "$BENCH_TOKENIZER_DIR/tokenizer.json" ] || { echo "error: $BENCH_TOKENIZER_DIR/tokenizer.json is missing"; exit 1; }
 PY=$(python3 -c "import sys; print(sys.executable)")
 # run.py wants an interpreter path for LitGPT's side; a wrapper keeps the image's own environment
 mkdir -p /tmp/lg
