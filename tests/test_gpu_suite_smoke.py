@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 LITGPT_PYTHON = os.environ.get("LITGPT_PYTHON", "/work/bench-venv/bin/python")
-WORKLOADS = ("pretrain", "pretrain_compiled", "lora", "qlora", "decode", "decode_compiled", "decode_nf4")
+WORKLOADS = ("pretrain_compiled", "lora", "qlora", "decode", "decode_compiled", "decode_nf4", "pretrain")
 
 
 def _suite():
@@ -95,7 +95,7 @@ def test_unknown_workload_is_one_line_error(tmp_path):
     proc = subprocess.run(cmd + ["--out", str(tmp_path / "r.md")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "error: unknown workload(s) nope; choose from pretrain, pretrain_compiled, lora, qlora, decode, "
-        "decode_compiled, decode_nf4"
+        "error: unknown workload(s) nope; choose from pretrain_compiled, lora, qlora, decode, decode_compiled, "
+        "decode_nf4, pretrain"
     )
     assert not (tmp_path / "r.md").exists()
