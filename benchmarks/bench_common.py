@@ -164,6 +164,65 @@ def measured_matmul_flops(n: int = 1024, seconds: float = 1.5, device: str = "cp
     return best
 
 
+def measured_copy_rate(device: str = "cpu", mib: int = 1024, seconds: float = 1.0) -> float:
+    """The best device-to-device copy rate this process gets right now, in bytes moved per second (each copied byte
+    is read once and written once, so a copy of n bytes moves 2n): the denominator of a decode's HBM fraction."""
+    import torch
+
+    cuda = device == "cuda"
+    n = (mib if cuda else min(mib, 64)) * 2**20
+    src, dst = torch.empty(n, dtype=torch.uint8, device=device), torch.empty(n, dtype=torch.uint8, device=device)
+    src.fill_(1)
+    for _ in range(2):
+        dst.copy_(src)
+    if cuda:
+        torch.cuda.synchronize()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        dst.copy_(src)
+        if cuda:
+            torch.cuda.synchronize()
+        best = max(best, 2 * n / (time.perf_counter() - t))
+    return best
+
+
+def decode_weight_bytes(model) -> int:
+    """Bytes of the weights one decode step reads: every parameter once (shared storage counted once), bitsandbytes
+    4-bit quant state included, the embedding table only where it is also the output head (a lookup reads one
+    row). Works on either side's GPT, wrapped or not."""
+    seen: set[int] = set()
+    total = 0
+    params = dict(model.named_parameters(remove_duplicate=False))
+    head = next((t for name, t in params.items() if name.endswith("lm_head.weight")), None)
+    for name, t in params.items():
+        key = t.untyped_storage().data_ptr()
+        if key in seen or (name.endswith("wte.weight") and (head is None or head.untyped_storage().data_ptr() != key)):
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+        state = getattr(t, "quant_state", None)
+        for extra in (getattr(state, "absmax", None), getattr(getattr(state, "state2", None), "absmax", None)):
+            if extra is not None:
+                total += extra.numel() * extra.element_size()
+    return total
+
+
+class TimedTurn:
+    """The timed part of a non-training worker (decode) under the runner's lockstep: both sides' processes start at
+    once, load and warm up (compile) side by side, then time one after the other. `begin()` waits until the peer has
+    warmed up too and it is this process's turn; the turn passes when this process exits. A no-op when the runner
+    started this worker alone."""
+
+    def __init__(self) -> None:
+        spec = os.environ.get(TURN_ENV)
+        self.turnstile = Turnstile(spec) if spec else None
+
+    def begin(self) -> None:
+        if self.turnstile is not None:
+            self.turnstile.start()
+
+
 # ---------------------------------------------------------------- Alpaca-like SFT records
 _WORDS = (
     "the of and to in is for that with on as are this be by from at an or it which can have not has their more "

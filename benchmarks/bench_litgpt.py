@@ -11,17 +11,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import StepClock, measured_matmul_flops, peak_rss_mb, reset_peak_rss
+from bench_common import (
+    StepClock,
+    TimedTurn,
+    decode_weight_bytes,
+    measured_matmul_flops,
+    peak_rss_mb,
+    reset_peak_rss,
+)
 
 
 def prepare(p: dict[str, Any]) -> dict[str, Any]:
-    """Write LitGPT's model_config.yaml for `name` beside the shared weights; load them strictly as a check."""
+    """Write LitGPT's model_config.yaml for `name` (with the workload's `config_overrides`) beside the shared
+    weights; load them strictly as a check."""
     import torch
     from litgpt import GPT, Config
     from litgpt.utils import save_config
 
     ckpt = Path(p["checkpoint_dir"])
-    config = Config.from_name(p["name"])
+    config = Config.from_name(p["name"], **p.get("config_overrides", {}))
     save_config(config, ckpt)
     model = GPT(config)
     model.load_state_dict(torch.load(ckpt / "lit_model.pth", mmap=True, weights_only=True), strict=True)
@@ -60,7 +68,8 @@ def _blocks(path: Path, n: int, seq_len: int):
 
 
 def pretrain(p: dict[str, Any]) -> dict[str, Any]:
-    """LitGPT's pretrain `fit` (AdamW, clipping, chunked cross-entropy) from the shared initial weights, fp32."""
+    """LitGPT's pretrain `fit` (AdamW, clipping, chunked cross-entropy) from the shared initial weights; with
+    `compile`, the model goes through `torch.compile` before `fabric.setup`, as LitGPT's pretrain `main` does."""
     import lightning as L
     from litgpt import GPT, Config
     from litgpt.pretrain import fit
@@ -70,10 +79,14 @@ def pretrain(p: dict[str, Any]) -> dict[str, Any]:
     mb, T, steps = p["micro_batch"], p["seq_len"], p["steps"]
     fabric = L.Fabric(accelerator=p.get("device", "cpu"), devices=1, precision=p.get("precision", "32-true"))
     fabric.seed_everything(p["seed"])
-    config = Config.from_name(p["name"])
+    config = Config.from_name(p["name"], **p.get("config_overrides", {}))
     with fabric.init_module(empty_init=True):
         model = GPT(config)
     model.max_seq_length = T
+    if p.get("compile"):
+        import torch
+
+        model = torch.compile(model)
     model = fabric.setup(model)
     optimizer = instantiate_torch_optimizer(
         {"class_path": "torch.optim.AdamW", "init_args": {"lr": 4e-4, "weight_decay": 0.1, "betas": (0.9, 0.95)}},
@@ -157,7 +170,8 @@ def finetune_full(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def finetune_lora(p: dict[str, Any]) -> dict[str, Any]:
-    """`litgpt finetune_lora --lora_r 8` on records longer than max_seq_length (every batch is seq_len long)."""
+    """`litgpt finetune_lora --lora_r 8 [--quantize bnb.nf4]` on records longer than max_seq_length (every batch is
+    seq_len long)."""
     from litgpt.finetune.lora import setup
 
     _as_cli(p["checkpoint_dir"])
@@ -173,6 +187,7 @@ def finetune_lora(p: dict[str, Any]) -> dict[str, Any]:
             lora_query=True,
             lora_key=False,
             lora_value=True,
+            quantize=p.get("quantize"),
             data=_json_data(p),
             train=_train_args(p, epochs=10**6),  # LitGPT's LoRA insists on epochs; max_steps ends the run
             eval=_eval_args(),
@@ -188,32 +203,58 @@ def finetune_lora(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def decode(p: dict[str, Any]) -> dict[str, Any]:
-    """Greedy decode, batch 1, with LitGPT's `generate` (what `litgpt generate` runs), generating exactly
-    `max_new_tokens` (eos_id=None). With `compile`, the decode step is compiled as `litgpt generate --compile` does."""
+def _decode_fabric(p: dict[str, Any]):
+    """The Fabric `litgpt generate` builds: `--quantize bnb.*` swaps the precision for bitsandbytes' plugin."""
     import lightning as L
     import torch
-    from litgpt import GPT, Config, Tokenizer
-    from litgpt.generate import base
+
+    precision, plugins = p["precision"], None
+    if p.get("quantize"):
+        from lightning.fabric.plugins import BitsandbytesPrecision
+
+        dtype = {"16-true": torch.float16, "bf16-true": torch.bfloat16, "32-true": torch.float32}[precision]
+        precision, plugins = None, BitsandbytesPrecision(p["quantize"][4:], dtype)
+    return L.Fabric(accelerator=p.get("device", "cpu"), devices=1, precision=precision, plugins=plugins)
+
+
+def _decode_model(p: dict[str, Any], fabric, prompt_length: int):
+    """LitGPT's GPT with its KV cache for one prompt, loaded (and quantized) as `litgpt generate` loads it."""
+    import torch
+    from litgpt import GPT, Config
+    from litgpt.utils import load_checkpoint
 
     ckpt = Path(p["checkpoint_dir"])
-    fabric = L.Fabric(accelerator=p.get("device", "cpu"), devices=1, precision=p["precision"])
-    tokenizer = Tokenizer(ckpt)
     config = Config.from_file(ckpt / "model_config.yaml")
     with fabric.init_module(empty_init=True):
         model = GPT(config)
-    model.load_state_dict(torch.load(ckpt / "lit_model.pth", mmap=True, weights_only=True))
+    if not p.get("quantize"):
+        model.load_state_dict(torch.load(ckpt / "lit_model.pth", mmap=True, weights_only=True))
+    model.max_seq_length = prompt_length + p["max_new_tokens"]
+    with fabric.init_tensor():
+        model.set_kv_cache(batch_size=1)
     model.eval()
     model = fabric.setup_module(model)
-    ids = tokenizer.encode(p["prompt"], device=fabric.device)
+    if p.get("quantize"):  # bitsandbytes quantizes the weights as they are loaded into the set-up model
+        load_checkpoint(fabric, model, ckpt / "lit_model.pth")
+    return model
+
+
+def decode(p: dict[str, Any]) -> dict[str, Any]:
+    """Greedy decode, batch 1, with LitGPT's `generate` (what `litgpt generate` runs), generating exactly
+    `max_new_tokens` (eos_id=None). With `compile`, the decode step is compiled as `litgpt generate --compile` does;
+    with `quantize`, the model is quantized as `litgpt generate --quantize` does."""
+    import torch
+    from litgpt import Tokenizer
+    from litgpt.generate import base
+
+    fabric = _decode_fabric(p)
+    ids = Tokenizer(Path(p["checkpoint_dir"])).encode(p["prompt"], device=fabric.device)
     if p.get("compile"):  # as litgpt/generate/base.py main() does for --compile
         torch._dynamo.config.automatic_dynamic_shapes = True
         torch._inductor.config.triton.unique_kernel_names = True
         torch._inductor.config.coordinate_descent_tuning = True
         base.next_token = torch.compile(base.next_token, mode="reduce-overhead")
-    model.max_seq_length = len(ids) + p["max_new_tokens"]
-    with fabric.init_tensor():
-        model.set_kv_cache(batch_size=1)
+    model = _decode_model(p, fabric, len(ids))
 
     def run(max_new: int) -> tuple[float, int]:
         t = time.perf_counter()
@@ -225,12 +266,17 @@ def decode(p: dict[str, Any]) -> dict[str, Any]:
 
     with torch.inference_mode():
         run(p["max_new_tokens"])
+        TimedTurn().begin()  # under the runner's lockstep: time while the peer waits
         rates = []
         for _ in range(p["reps"]):
             seconds, n = run(p["max_new_tokens"])
             rates.append(n / seconds)
     rates.sort()
-    return {"tokens_per_s": rates[len(rates) // 2], "new_tokens": n}
+    out = {"tokens_per_s": rates[len(rates) // 2], "new_tokens": n, "weight_bytes": decode_weight_bytes(model)}
+    out["peak_rss_mb"] = peak_rss_mb()
+    if fabric.device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def convert(p: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import StepClock, measured_matmul_flops, peak_rss_mb, reset_peak_rss
+from bench_common import (
+    StepClock,
+    TimedTurn,
+    decode_weight_bytes,
+    measured_copy_rate,
+    measured_matmul_flops,
+    peak_rss_mb,
+    reset_peak_rss,
+)
 
 
 def _train_args(p: dict[str, Any], **overrides):
@@ -43,7 +51,7 @@ def _train_result(clock: StepClock, tokens_per_step: float, peak_flops: float | 
 
 
 def pretrain(p: dict[str, Any]) -> dict[str, Any]:
-    """`litgpt_lite pretrain --initial_checkpoint_dir ... --data <token shard dir>`, fp32."""
+    """`litgpt_lite pretrain --initial_checkpoint_dir ... --data <token shard dir> [--train.compile true]`."""
     from litgpt_lite.data.text import TokenShardData
     from litgpt_lite.train.pretrain import pretrain as run_pretrain
 
@@ -53,7 +61,7 @@ def pretrain(p: dict[str, Any]) -> dict[str, Any]:
             initial_checkpoint_dir=Path(p["checkpoint_dir"]),
             out_dir=Path(out),
             data=TokenShardData(Path(p["data_dir"]) / "tokens", val_split_fraction=0.01),
-            train=_train_args(p),
+            train=_train_args(p, compile=p.get("compile", False)),
             eval=_eval_args(),
             precision=p.get("precision", "32-true"),
             seed=p["seed"],
@@ -163,21 +171,42 @@ def _load(p: dict[str, Any]):
     from litgpt_lite.api import LLM
 
     device = p.get("device", "cpu")
-    return LLM.load(p["checkpoint_dir"], device=device, precision=p["precision"], compile=p.get("compile", False))
+    return LLM.load(
+        p["checkpoint_dir"],
+        device=device,
+        precision=p["precision"],
+        quantize=p.get("quantize"),
+        compile=p.get("compile", False),
+    )
 
 
 def decode(p: dict[str, Any]) -> dict[str, Any]:
-    """Greedy decode, batch 1: `LLM.load(..., precision=..., compile=...)`, then the generation core, generating
-    exactly `max_new_tokens` (no stop at eos, like LitGPT's side); tokens/s over the whole call (prefill + decode),
-    median of `reps` after one full-length warm-up (which also compiles, when asked)."""
+    """Greedy decode, batch 1: `LLM.load(..., precision=..., quantize=..., compile=...)`, then the generation core,
+    generating exactly `max_new_tokens` (no stop at eos, like LitGPT's side); tokens/s over the whole call (prefill
+    + decode), median of `reps` after one full-length warm-up (which also compiles, when asked). Also the bytes of
+    the weights a step reads and, on a GPU, the peak memory."""
+    import torch
+
     llm = _load(p)
     ids = [_prompt_ids(llm, p["prompt"])]
     _timed_generate(llm, ids, p["max_new_tokens"], True)
+    TimedTurn().begin()  # under the runner's lockstep: time while the peer waits
     rates = []
     for _ in range(p["reps"]):
         seconds, n = _timed_generate(llm, ids, p["max_new_tokens"], True)
         rates.append(n / seconds)
-    return {"tokens_per_s": _median(rates), "new_tokens": n}
+    out = {"tokens_per_s": _median(rates), "new_tokens": n, "weight_bytes": decode_weight_bytes(llm.model)}
+    out["peak_rss_mb"] = peak_rss_mb()
+    if torch.cuda.is_available() and p.get("device") == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def device_peaks(p: dict[str, Any]) -> dict[str, Any]:
+    """What this device does at best right now, the denominators of the GPU suite's fractions: the bf16 matmul
+    FLOP/s on a GPU (fp32 on a CPU) and the device-to-device copy rate in bytes moved per second."""
+    device = p.get("device", "cpu")
+    return {"matmul_peak_flops": measured_matmul_flops(device=device), "copy_bytes_per_s": measured_copy_rate(device)}
 
 
 def batched_decode(p: dict[str, Any]) -> dict[str, Any]:
@@ -224,4 +253,5 @@ WORKLOADS = {
     "decode": decode,
     "batched_decode": batched_decode,
     "convert": convert,
+    "device_peaks": device_peaks,
 }

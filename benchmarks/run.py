@@ -1,12 +1,16 @@
 """Benchmarks side by side against LitGPT: the same configs, seeds and weights, run alternately in fresh processes.
 
     python benchmarks/run.py [--workloads a,b] [--repeats N] [--out benchmarks/RESULTS.md]
+    python benchmarks/run.py --gpu-suite [--smoke]      # the GPU suite in minutes (gpu_suite.py; benchmarks/gpu.sh)
 
 For each workload the runner starts LitGPT and litgpt_lite alternately (A B A B ...), each in a fresh subprocess,
 takes the median of each metric per side and reports the ratio ours / LitGPT. The machine is shared and noisy, so
 the interleaved ratio is the number to read, not the absolute rates. LitGPT runs from its own interpreter
 (`--litgpt-python`, default /work/bench-venv/bin/python): its huggingface_hub pin conflicts with transformers 5.
 Writes benchmarks/results.json and the markdown table (with the machine and the command) to --out.
+
+This module is the runner: process orchestration (fresh worker processes, lockstep turns), summarising and the
+report. What each workload runs, its metrics and targets are in `catalogue.py`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,158 +34,9 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from bench_common import TURN_ENV, emit, parse_result  # noqa: E402
+from catalogue import EXTRA, LOCKSTEP_FNS, Metric, Side, Workload, flops_per_token, workloads  # noqa: E402, F401
 
 DEFAULT_LITGPT_PYTHON = Path(os.environ.get("LITGPT_PYTHON", "/work/bench-venv/bin/python"))
-EXTRA = ("pretrain_pythia14m",)  # not part of `all`: a seconds-long workload for smoke tests
-LOCKSTEP_FNS = ("pretrain", "finetune_full", "finetune_lora")  # workers timed by bench_common.StepClock
-PROMPT = "The history of the printing press begins"
-BATCH_PROMPTS = [
-    "Hi",
-    "Tell me about rivers.",
-    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
-    "List three facts about the moon",
-    "Explain, step by step and with an example, how binary search finds a number in a sorted list of a thousand items.",
-    "What is a prime number?",
-    "Describe the water cycle in two sentences, mentioning evaporation, condensation and precipitation.",
-    "Name a color",
-]
-
-
-# ---------------------------------------------------------------- workload definitions
-@dataclass
-class Side:
-    label: str  # column name in the table
-    env: str  # "ours" | "litgpt": which interpreter and module run it
-    fn: str  # function name in bench_ours / bench_litgpt (or "ttft")
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Metric:
-    key: str
-    name: str
-    higher_is_better: bool
-    target: float | None = None  # ratio B / A the issue asks for
-
-
-@dataclass
-class Workload:
-    name: str
-    title: str
-    sides: tuple[Side, Side]  # (A: reference, B: ours); the ratio is B / A
-    metrics: list[Metric]
-    needs: tuple[str, ...] = ()  # assets: "init:<config>", "tokens", "sft", "sft_long", "real"
-    note: str = ""
-
-
-def workloads(a: argparse.Namespace) -> dict[str, Workload]:
-    mb, T, steps = a.micro_batch, a.seq_len, a.steps + 1  # +1: the warm-up step
-    gpu = a.device == "cuda"
-    prec = "bf16-mixed" if gpu else "32-true"  # training precision, both sides
-    plabel = "bf16-mixed" if gpu else "fp32"
-    base = {"micro_batch": mb, "seq_len": T, "steps": steps, "seed": 42, "device": a.device, "precision": prec}
-    tok = Metric("tokens_per_s", "tokens/s", True, 1.10)
-
-    def memory(target: float | None) -> list[Metric]:
-        """The steady-state memory rows: on a GPU its memory carries the target and RSS is shown beside it."""
-        rss = Metric("peak_rss_mb", "peak RSS MiB (steps 2..n)", False, None if gpu else target)
-        return [Metric("peak_gpu_mb", "peak GPU memory MiB (steps 2..n)", False, target), rss] if gpu else [rss]
-
-    mfu = Metric("mfu", "MFU vs measured matmul peak", True)
-    out: dict[str, Workload] = {}
-    for key, name in (("pythia14m", "pythia-14m"), ("pythia70m", "pythia-70m"), ("smollm2", "SmolLM2-135M")):
-        p = {**base, "name": name, "init": name}
-        out[f"pretrain_{key}"] = Workload(
-            f"pretrain_{key}",
-            f"pretraining step, {name}, {plabel}, micro-batch {mb} x {T}",
-            (Side("LitGPT", "litgpt", "pretrain", p), Side("litgpt_lite", "ours", "pretrain", p)),
-            [tok, *memory(1.0), mfu],
-            needs=(f"init:{name}", "tokens"),
-        )
-    sft = {**base, "name": a.sft_model, "init": a.sft_model, "data": "sft", "seq_len": a.sft_seq_len}
-    out["sft_full"] = Workload(
-        "sft_full",
-        f"full fine-tune, {a.sft_model}, {a.sft_samples} Alpaca-like samples (one epoch), micro-batch "
-        f"{mb}, max_seq_length {a.sft_seq_len}: ours packs, LitGPT pads",
-        (Side("LitGPT", "litgpt", "finetune_full", sft), Side("litgpt_lite", "ours", "finetune_full", sft)),
-        [Metric("tokens_per_s", "real (non-pad) tokens/s", True, 2.0), *memory(None)],
-        needs=(f"init:{a.sft_model}", "sft"),
-    )
-    lora = {**base, "name": "SmolLM2-135M", "init": "SmolLM2-135M", "data": "sft_long", "chunked_ce": a.chunked_ce}
-    out["lora"] = Workload(
-        "lora",
-        f"LoRA r=8 (query, value), SmolLM2-135M, {plabel}, micro-batch {mb} x {T}; ours --train.chunked_ce "
-        f"{a.chunked_ce}",
-        (Side("LitGPT", "litgpt", "finetune_lora", lora), Side("litgpt_lite", "ours", "finetune_lora", lora)),
-        [tok, *memory(0.85)],
-        needs=("init:SmolLM2-135M", "sft_long"),
-    )
-    out["qlora"] = Workload(
-        "qlora",
-        f"QLoRA (--quantize bnb.nf4) vs LoRA, ours only (LitGPT's bitsandbytes plugin refuses CPU), "
-        f"SmolLM2-135M, micro-batch {mb} x {T}",
-        (
-            Side("ours LoRA", "ours", "finetune_lora", lora),
-            Side("ours QLoRA nf4", "ours", "finetune_lora", {**lora, "quantize": "bnb.nf4"}),
-        ),
-        [Metric("tokens_per_s", "tokens/s", True), *memory(None)],
-        needs=("init:SmolLM2-135M", "sft_long"),
-    )
-    real = a.decode_weights == "real"
-    weights = ("real", "SmolLM2-135M-Instruct") if real else ("init", "SmolLM2-135M (random init)")
-    dec = {"data": "real"} if real else {"init": "SmolLM2-135M"}
-    dec_needs = ("real",) if real else ("init:SmolLM2-135M",)
-    dec.update(device=a.device, prompt=PROMPT, max_new_tokens=a.new_tokens, reps=2)
-    for prec, label, compiled in (
-        ("32-true", "fp32", False),
-        ("bf16-true", "bf16", False),
-        ("32-true", "fp32", True),
-        ("bf16-true", "bf16", True),
-    ):
-        p = {**dec, "precision": prec, "compile": compiled}
-        name = f"decode_{label}" + ("_compiled" if compiled else "")
-        how = ", each side's decode step compiled (LitGPT: its `generate --compile`)" if compiled else ""
-        out[name] = Workload(
-            name,
-            f"greedy decode, batch 1, {weights[1]}, {label}, {a.new_tokens} new tokens{how}",
-            (Side("LitGPT", "litgpt", "decode", p), Side("litgpt_lite", "ours", "decode", p)),
-            [Metric("tokens_per_s", "tokens/s (prefill + decode)", True, 1.3)],
-            needs=dec_needs,
-            note="both sides generate exactly the new tokens (no stop at eos)",
-        )
-    bprec = "bf16-true" if gpu else "32-true"
-    p = {**dec, "precision": bprec, "prompts": BATCH_PROMPTS, "reps": 1}
-    out["batched_decode"] = Workload(
-        "batched_decode",
-        f"batched greedy decode, {len(BATCH_PROMPTS)} prompts of different lengths vs batch 1 "
-        f"(ours only: LitGPT cannot batch prompts of different lengths), {'bf16' if gpu else 'fp32'}",
-        (Side("ours batch 1", "ours", "batched_decode", p), Side("ours batch 8", "ours", "batched_decode", p)),
-        [
-            Metric("tokens_per_s", "total tokens/s, every row to max_new_tokens (ignore_eos)", True, 3.0),
-            Metric("eos_tokens_per_s", "total tokens/s, rows stopping at eos", True),
-        ],
-        needs=dec_needs,
-        note="one process per run measures both, alternating batch 1 and batch 8; finished rows leave the batch",
-    )
-    p = {"data": "hf", "litgpt_model_name": "SmolLM2-135M-Instruct"}
-    out["convert"] = Workload(
-        "convert",
-        "`convert_to_litgpt` CLI, SmolLM2-135M-Instruct (HF safetensors, fp32), whole process",
-        (Side("LitGPT", "litgpt", "convert_cli", p), Side("litgpt_lite", "ours", "convert_cli", p)),
-        [Metric("seconds", "wall time s", False, 1.0), Metric("peak_rss_mb", "peak RSS MiB (process)", False, 0.8)],
-        needs=("real",),
-        note="each side's `convert_to_litgpt` CLI as a whole process, as a user runs it (imports included)",
-    )
-    p = {**({"data": "real"} if real else {"init": "SmolLM2-135M"}), "precision": bprec}
-    out["ttft"] = Workload(
-        "ttft",
-        "time to first token of the `generate` CLI as a whole process (imports included), "
-        f"{weights[1]}, {'bf16' if gpu else 'fp32'}, --max_new_tokens 1",
-        (Side("LitGPT", "litgpt", "ttft", p), Side("litgpt_lite", "ours", "ttft", p)),
-        [Metric("ttft_s", "time to first token s", False, 0.8), Metric("process_s", "whole process s", False)],
-        needs=dec_needs,
-    )
-    return out
 
 
 # ---------------------------------------------------------------- assets
@@ -449,19 +303,6 @@ def _derive(w: Workload, side: Side, res: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-def flops_per_token(name: str, seq_len: int) -> float:
-    """Training FLOPs per token of a config: 6 x the matmul weights (the head included) plus causal attention."""
-    from litgpt_lite.config import Config
-
-    c = Config.from_name(name)
-    qkv = c.n_embd * (c.n_head + 2 * c.n_query_groups) * c.head_size
-    proj = c.n_head * c.head_size * c.n_embd
-    mlp = (3 if c.mlp_class in ("LLaMAMLP", "GemmaMLP") else 2) * c.n_embd * c.intermediate_size
-    matmul = c.n_layer * (qkv + proj + mlp) + c.n_embd * c.padded_vocab_size
-    attention = 6 * c.n_layer * c.n_head * c.head_size * seq_len  # QK^T and AV, causal half, fwd + bwd
-    return 6 * matmul + attention
-
-
 def _short(res: dict[str, Any]) -> str:
     if "error" in res or "unavailable" in res:
         return str(res.get("error") or f"not available: {res['unavailable']}")
@@ -683,6 +524,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "timed steps sees the same machine load (--no-lockstep: one process after the other; needs half the RAM)",
     )
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    p.add_argument("--gpu-suite", action="store_true", help="run the GPU suite instead (see --gpu-suite --help)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when present")
     p.add_argument(
         "--decode-weights",
@@ -715,6 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         return worker_main(*argv[1:4])
+    if "--gpu-suite" in argv:  # the GPU suite (gpu_suite.py) on this runner's process machinery
+        import gpu_suite
+
+        return gpu_suite.main([x for x in argv if x != "--gpu-suite"], sys.modules[__name__])
     a = parse_args(argv)
     table = workloads(a)
     if a.list:

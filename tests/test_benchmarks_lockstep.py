@@ -101,3 +101,32 @@ def test_lockstep_ratio_is_the_median_of_the_pairs():
     assert run.summarize(w, runs, None)["ratios"]["tokens_per_s"] == pytest.approx(150 / 120)
     runs[1] = {"side": "LitGPT", "repeat": 0, "error": "boom"}  # a failed run drops its pair, not the others
     assert run.summarize(w, runs, None, paired=True)["pair_ratios"]["tokens_per_s"] == pytest.approx([1.05, 1.25])
+
+
+DECODER = f"""
+import json, sys, time
+sys.path.insert(0, {str(BENCH)!r})
+from bench_common import TimedTurn
+
+time.sleep(float(sys.argv[1]))  # loading and warming up (compiling) take a different time on each side
+ready = time.monotonic()
+TimedTurn().begin()
+start = time.monotonic()
+time.sleep({WORK_S} * 3)  # the timed decode calls
+print(json.dumps({{"ready": ready, "span": (start, time.monotonic())}}))
+"""
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_decode_workers_warm_up_together_and_time_one_after_the_other(first):
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_TURN"}
+    warmups = ("0.5", "0.05")  # side 0 warms up slower: side 1 must still wait for it before timing
+    commands = [([sys.executable, "-c", DECODER, w], env) for w in warmups]
+    results = _runner().run_lockstep(commands, first=first, timeout=120)
+    runs = []
+    for code, out, err in results:
+        assert code == 0, err[-2000:]
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    (a0, a1), (b0, _) = runs[first]["span"], runs[1 - first]["span"]
+    assert a0 >= max(r["ready"] for r in runs), "a side timed before the other had warmed up"
+    assert a1 <= b0, "the second side timed while the first was still timing"

@@ -56,7 +56,8 @@ def test_yaml_builds_its_arguments(path):
     train.validate(world)
     evals.validate()
     assert isinstance(init["data"], DataModule)
-    init["data"].check()  # the bundled data these configs use is really there
+    if not (func is pretrain and path.stem != "debug"):  # the pretraining recipes read the user's data/pretrain
+        init["data"].check()  # the bundled data these configs use is really there
     name, args = split_spec(init["optimizer"])
     if not name.startswith("bitsandbytes"):
         check_init_args(resolve_optimizer_class(name), args)
@@ -65,4 +66,5 @@ def test_yaml_builds_its_arguments(path):
         assert (init["quantize"] is not None) == (path.stem == "qlora")
     if func is pretrain:
         config = init["model_config"]
-        assert config.n_layer == 2 and config.padded_vocab_size >= 1024
+        assert config.padded_vocab_size >= 1024
+        assert config.n_layer == 2 or path.stem != "debug"  # recipes: tests/train/test_pretrain_recipes.py
