@@ -21,8 +21,9 @@ from litgpt_lite.merge_lora import merge_lora_cli  # noqa: E402
 VOCAB = 96
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # SmolLM2 in fp32: PEFT and we sum the same products in another order; over 30 layers that moves logits of size ~35
-# by up to 1.4e-4 (measured). A mapping mistake moves them by the adapters' whole effect, asserted to be above 1.
-SMOLLM2_ATOL = 5e-4
+# by up to 1.4e-4 (measured), and up to 5.3e-4 where our loader merges the adapters into the weights first (it does
+# for full-precision bases). A mapping mistake moves them by the adapters' whole effect, asserted to be above 1.
+SMOLLM2_ATOL = 1e-3
 
 
 @pytest.fixture(scope="module", autouse=True)
