@@ -40,7 +40,8 @@ from litgpt_lite.checkpoint import (
     validate_checkpoint_dir,
 )
 from litgpt_lite.errors import UserError
-from litgpt_lite.model import GPT, RoPE, is_plain_linear
+from litgpt_lite.kernels import install_kernels, is_plain_linear
+from litgpt_lite.model import GPT, RoPE
 
 # mode -> (4-bit data type, double quantization of the absmax statistics); None marks LLM.int8()
 MODES: dict[str, tuple[str, bool] | None] = {
@@ -663,12 +664,12 @@ def load_model_for_inference(
                 f"{checkpoint_dir} is pre-quantized with {stored}: drop --quantize (or pass {stored}), "
                 "or quantize the original checkpoint instead"
             )
-        return load_prequantized_model(checkpoint_dir, device, dtype)
+        return install_kernels(load_prequantized_model(checkpoint_dir, device, dtype), "auto")
     from litgpt_lite.lora import LORA_WEIGHTS, load_lora_model
 
     has_full = (checkpoint_dir / WEIGHTS).is_file() or (checkpoint_dir / LEGACY_WEIGHTS).is_file()
     if (checkpoint_dir / LORA_WEIGHTS).is_file() and not has_full:
-        return load_lora_model(checkpoint_dir, device=device, dtype=dtype, quantize=quantize)
+        return install_kernels(load_lora_model(checkpoint_dir, device=device, dtype=dtype, quantize=quantize), "auto")
     if quantize is None:
-        return load_model(checkpoint_dir, device=device, dtype=dtype)
-    return load_quantized_model(checkpoint_dir, quantize, device, dtype)
+        return install_kernels(load_model(checkpoint_dir, device=device, dtype=dtype), "auto")
+    return install_kernels(load_quantized_model(checkpoint_dir, quantize, device, dtype), "auto")

@@ -20,8 +20,9 @@ from litgpt_lite.checkpoint import load_model, save_checkpoint  # noqa: E402
 from litgpt_lite.config import Config  # noqa: E402
 from litgpt_lite.errors import UserError  # noqa: E402
 from litgpt_lite.generate import greedy_tokens  # noqa: E402
+from litgpt_lite.kernels import is_plain_linear  # noqa: E402
 from litgpt_lite.lora import LoRALinear, LoRARecipe  # noqa: E402
-from litgpt_lite.model import GPT, is_plain_linear  # noqa: E402
+from litgpt_lite.model import GPT  # noqa: E402
 from litgpt_lite.quantize import (  # noqa: E402
     MODES,
     QUANTIZED_WEIGHTS,

@@ -169,6 +169,7 @@ def launch(run: Run) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the run on each process
 def _main(fabric, run: Run) -> None:
+    from litgpt_lite.kernels import install_kernels
     from litgpt_lite.train.checkpoints import TrainState, is_sharded, load_training_checkpoint, resolve_resume
     from litgpt_lite.train.loggers import Metrics
     from litgpt_lite.train.loop import FitArgs, fit
@@ -201,6 +202,8 @@ def _main(fabric, run: Run) -> None:
     if run.train.compile:
         model = torch.compile(model)
     model = fabric.setup_module(model)
+    if not sharded:  # frozen layers, validation and samples run without autograd: on a CPU, through the fast paths
+        install_kernels(raw, "auto")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError(f"The {run.recipe.name} recipe left no trainable parameters: choose some layers to train")
