@@ -20,7 +20,7 @@ from litgpt_lite.checkpoint import load_model, save_checkpoint  # noqa: E402
 from litgpt_lite.config import Config  # noqa: E402
 from litgpt_lite.errors import UserError  # noqa: E402
 from litgpt_lite.generate import greedy_tokens  # noqa: E402
-from litgpt_lite.kernels import is_plain_linear  # noqa: E402
+from litgpt_lite.kernels import install_kernels, is_plain_linear  # noqa: E402
 from litgpt_lite.lora import LoRALinear, LoRARecipe  # noqa: E402
 from litgpt_lite.model import GPT  # noqa: E402
 from litgpt_lite.quantize import (  # noqa: E402
@@ -124,7 +124,7 @@ def test_prequantized_checkpoint_round_trips_bit_exactly(tiny_ckpt, tmp_path, mo
     out = tmp_path / "quantized"
     quantize_cli(tiny_ckpt, mode, out)
     assert (out / QUANTIZED_WEIGHTS).is_file() and (out / "model_config.yaml").is_file()
-    original = load_quantized_model(tiny_ckpt, mode)
+    original = install_kernels(load_quantized_model(tiny_ckpt, mode))  # the CPU paths load_model_for_inference adds
 
     def no_requantizing(*args, **kwargs):
         raise AssertionError("a pre-quantized checkpoint must load without re-quantizing")
