@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from litgpt_lite.config import Config  # noqa: E402
+from litgpt_lite.kernels import install_kernels  # noqa: E402
 from litgpt_lite.loading import load_model  # noqa: E402
 from litgpt_lite.lora import LoRARecipe  # noqa: E402
 from litgpt_lite.model import Block  # noqa: E402
@@ -95,6 +96,7 @@ def cross_entropy(model, idx: torch.Tensor) -> float:
 
 def decode_tokens_per_second(model, prompt: torch.Tensor, n: int) -> float:
     """Greedy decode with the KV cache; the prefill is not timed."""
+    install_kernels(model, "auto")  # the CPU decode paths `LLM.load` installs
     model.set_kv_cache(1, prompt.shape[1] + n + 1)
     with torch.no_grad():
         token = model(prompt, input_pos=0)[:, -1:].argmax(-1)

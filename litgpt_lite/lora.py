@@ -38,7 +38,7 @@ from litgpt_lite.checkpoint import (
     save_state_dict,
 )
 from litgpt_lite.errors import UserError
-from litgpt_lite.model import Linear, is_plain_linear
+from litgpt_lite.kernels import is_plain_linear
 from litgpt_lite.modules import set_submodule, unwrap_model
 from litgpt_lite.quantize import check_mode, dense_weight, import_bitsandbytes, quantize_model
 
@@ -238,7 +238,7 @@ def merge_lora_modules(model: nn.Module) -> nn.Module:
         if not is_plain_linear(module.base):
             raise UserError(f"{name} wraps a quantized Linear: merge into the full-precision base with merge_lora")
         base = module.base
-        merged = Linear(module.in_features, module.out_features, bias=base.bias is not None, device="meta")
+        merged = nn.Linear(module.in_features, module.out_features, bias=base.bias is not None, device="meta")
         merged.weight = nn.Parameter(module.merged_weight().to(base.weight.dtype), requires_grad=False)
         if base.bias is not None:
             merged.bias = base.bias

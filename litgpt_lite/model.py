@@ -19,66 +19,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from litgpt_lite import cpu_kernel
 from litgpt_lite.config import Config
-from litgpt_lite.precision import cpu_has_native_bf16
-
-
-class Linear(nn.Linear):
-    """nn.Linear with faster CPU inference paths; same parameters, state dict and math.
-
-    Decoding a token streams every weight from memory once, and for a handful of rows torch's CPU matmul does so on
-    one core. Without autograd, on the CPU:
-    - eager fp32, up to `SPLIT_MAX_ROWS` rows: the weight is viewed as `n` blocks of output rows multiplied as one
-      bmm, which spreads the blocks over the cores (bf16 matmuls already use every core, and gain nothing);
-    - one row under `torch.compile` (the compiled decode step): a multiply-sum over the weight in float32, which
-      inductor fuses into one vectorised, multi-threaded pass over the weight (bf16 included). The input is first
-      stored once (`as_strided` makes inductor realize it), so the norm that produces it is not recomputed for every
-      output row: 15 -> 18 GB/s over the weights of a bf16 SmolLM2 step;
-    - bf16 on a CPU without native bf16, where torch's bf16 kernel costs about a matrix-vector product per row
-      (27 ms for 256 rows of a 1536 x 576 weight). Up to `KERNEL_MAX_ROWS` rows, `cpu_kernel.bf16_linear`
-      (C, AVX2) converts each weight once for 8 rows: a 7-token SmolLM2-135M prefill's matmuls take 22 instead of
-      97 ms. From `UPCAST_MIN_ROWS` rows without that kernel, and above its rows, the matmul runs in float32 on
-      upcast copies (3.8 ms for those 256 rows). Both round the float32 sums to bf16, as torch's kernel does.
-    On 2 cores this took fp32 batch-1 decode of SmolLM2-135M from 1.09x to 1.46x LitGPT's tokens/s, and 2.16x with
-    both sides compiled (`benchmarks/RESULTS.md`).
-    """
-
-    SPLIT_MAX_ROWS = 128
-    KERNEL_MAX_ROWS = 32
-    UPCAST_MIN_ROWS = 8
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.weight, self.bias
-        if not x.is_cpu or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
-            return F.linear(x, w, b)
-        rows = x.numel() // self.in_features
-        if rows == 1 and torch.compiler.is_compiling():
-            xf = x.float()
-            xf = torch.as_strided(xf, xf.shape, xf.stride())  # realized once, not recomputed per output row
-            y = (xf.unsqueeze(-2) * w.float()).sum(-1)
-            return (y if b is None else y + b.float()).to(x.dtype)
-        if x.dtype == w.dtype == torch.bfloat16 and not cpu_has_native_bf16() and not torch.is_autocast_enabled("cpu"):
-            few = rows <= self.KERNEL_MAX_ROWS and w.is_contiguous() and (b is None or b.dtype == w.dtype)
-            if few and not torch.compiler.is_compiling() and cpu_kernel.available():
-                return cpu_kernel.bf16_linear(x, w, b)
-            if rows >= self.UPCAST_MIN_ROWS:
-                return F.linear(x.float(), w.float(), None if b is None else b.float()).to(x.dtype)
-        split = rows <= self.SPLIT_MAX_ROWS and x.dtype == w.dtype == torch.float32 and w.is_contiguous()
-        if not split or self.out_features % 2:
-            return F.linear(x, w, b)
-        n = next(n for n in (8, 4, 2) if self.out_features % n == 0)
-        blocks = torch.bmm(x.reshape(1, rows, self.in_features).expand(n, -1, -1), w.view(n, -1, self.in_features).mT)
-        y = blocks.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)  # (n, rows, out / n) -> (..., out)
-        return y if b is None else y + b
-
-
-def is_plain_linear(module: nn.Module) -> bool:
-    """A full-precision Linear (ours or torch's), not a quantized or LoRA one."""
-    return type(module) in (nn.Linear, Linear)
 
 
 class GPT(nn.Module):
+    """Token embedding, `n_layer` Blocks, a final norm and the LM head (tied to the embedding where configured)."""
+
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.config = config
@@ -89,7 +35,7 @@ class GPT(nn.Module):
                 ln_f=make_norm(config, config.n_embd),
             )
         )
-        self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=config.lm_head_bias)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=config.lm_head_bias)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.rope = RoPE(config)
@@ -196,6 +142,15 @@ class GPT(nn.Module):
         return cache.max_seq_length if cache is not None else self.config.block_size
 
 
+def make_embedding(vocab: int, dim: int) -> nn.Embedding:
+    """nn.Embedding, initialised like torch's own except on the meta device, where `normal_` would import dynamo
+    (seconds of every checkpoint load) to initialise weights that are about to be replaced anyway."""
+    wte = nn.Embedding(vocab, dim, _weight=torch.empty(vocab, dim))
+    if wte.weight.device.type != "meta":
+        nn.init.normal_(wte.weight)
+    return wte
+
+
 class Block(nn.Module):
     """One transformer layer: attention and MLP, with pre- or post-norms, sequential or parallel residual."""
 
@@ -226,12 +181,14 @@ class Block(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention: fused q/k/v projection, grouped key/value heads, RoPE, optional KV cache."""
+
     def __init__(self, config: Config, layer: int) -> None:
         super().__init__()
         self.config, self.layer = config, layer
         D, H, G = config.head_size, config.n_head, config.n_query_groups
-        self.qkv = Linear(config.n_embd, (H + 2 * G) * D, bias=config.attn_bias)  # fused [Q; K; V]
-        self.proj = Linear(H * D, config.n_embd, bias=config.attn_proj_bias)
+        self.qkv = nn.Linear(config.n_embd, (H + 2 * G) * D, bias=config.attn_bias)  # fused [Q; K; V]
+        self.proj = nn.Linear(H * D, config.n_embd, bias=config.attn_proj_bias)
         if config.norm_qk:
             qk_dims = (D, D) if config.norm_qk_type == "head" else (H * D, G * D)
             self.norm_q = make_norm(config, qk_dims[0])
@@ -253,7 +210,7 @@ class CausalSelfAttention(nn.Module):
         if runs is not None:
             y = self._attend_segments(q, k, v, runs)
         else:
-            y = self._attend(q, k, v, mask.build(key_times, self.window, x.device, all_valid))  # (B, H, T, D)
+            y = self.attend(q, k, v, mask.build(key_times, self.window, x.device, all_valid))  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
     def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
@@ -265,7 +222,7 @@ class CausalSelfAttention(nn.Module):
             qkv = qkv.clamp(-self.config.clip_qkv, self.config.clip_qkv)
         if not self.config.norm_qk:  # rotate queries and keys in one pass: half the small ops of a decode step
             qk, v = qkv.view(B, T, H + 2 * G, D).split((H + G, G), dim=2)
-            q, k = apply_rope(qk, cos, sin).split((H, G), dim=2)
+            q, k = self.rotate(qk, cos, sin).split((H, G), dim=2)
         else:
             q, k, v = qkv.split((H * D, G * D, G * D), dim=-1)
             if self.config.norm_qk_type == "all":
@@ -273,33 +230,18 @@ class CausalSelfAttention(nn.Module):
             q, k, v = (t.view(B, T, -1, D) for t in (q, k, v))
             if self.config.norm_qk_type == "head":
                 q, k = self.norm_q(q), self.norm_k(k)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def _attend_segments(self, q, k, v, runs: list[list[int]]) -> torch.Tensor:
-        """Causal attention within each packed segment, one SDPA call per segment. The masked call over the whole
-        row computes every (query, key) pair and throws most away; this computes only the pairs a segment has, and
-        `split` (unlike slicing) gives backward one concatenation instead of a zero-filled gradient per piece:
-        fwd + bwd of a SmolLM2 layer at 4 x 512 with Alpaca-length segments, 70 -> 33 ms on 2 cores."""
-        gqa = q.shape[1] != k.shape[1]
-        sdpa = functools.partial(F.scaled_dot_product_attention, is_causal=True, scale=self.scale, enable_gqa=gqa)
-        rows = []
-        for qb, kb, vb, lengths in zip(q.unbind(0), k.unbind(0), v.unbind(0), runs):
-            pieces = zip(qb.split(lengths, 1), kb.split(lengths, 1), vb.split(lengths, 1))
-            # 4-d pieces: SDPA takes its flash kernel only for (batch, heads, time, dim) inputs (math for 3-d)
-            outs = [sdpa(qs[None], ks[None], vs[None]) for qs, ks, vs in pieces]
-            rows.append(torch.cat(outs, dim=2))
-        return torch.cat(rows)
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """RoPE on queries and/or keys x (B, T, heads, D)."""
+        return apply_rope(x, cos, sin)
 
-    def _attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+    def attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+        """Scaled dot-product attention (B, H, T, D) of queries (B, H, T, D) over keys and values (B, G, S, D);
+        `mask` (B or 1, 1, T, S) says which keys each query sees, None plain causal."""
         H, G = q.shape[1], k.shape[1]
         cap = self.config.attention_logit_softcapping
-        if q.shape[2] == 1 and q.is_cpu:
-            if torch.compiler.is_compiling():
-                return self._attend_one_query(q, k, v, mask)
-            one = q.dtype == torch.bfloat16 and mask is None and cap is None and not torch.is_grad_enabled()
-            if one and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1 and cpu_kernel.available():
-                return cpu_kernel.bf16_attend_one(q, k, v, self.scale)  # a decode step over its whole cache
         if cap is None:  # SDPA shares each key/value head among H // G query heads itself (no copies)
             causal = mask is None and q.shape[2] > 1
             return F.scaled_dot_product_attention(
@@ -316,22 +258,20 @@ class CausalSelfAttention(nn.Module):
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
 
-    def _attend_one_query(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
-        """Attention of one new token per row, as multiply-sums in float32, for the compiled CPU decode step: inductor
-        fuses them into a few loops over the cache, where SDPA is an external call per layer (SmolLM2-135M bf16 on 2
-        cores: about 1.3 of 18 ms a step). Query head h reads key/value head h // (H // G), as SDPA's GQA does."""
-        B, H, _, D = q.shape
-        G = k.shape[1]
-        qf = q.float().view(B, G, H // G, 1, D)
-        scores = (qf * k.float().unsqueeze(2)).sum(-1) * self.scale  # (B, G, H // G, S)
-        cap = self.config.attention_logit_softcapping
-        if cap is not None:
-            scores = torch.tanh(scores / cap) * cap
-        if mask is not None:  # (B or 1, 1, 1, S)
-            scores = scores.masked_fill(~mask.view(mask.shape[0], 1, 1, -1), float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        out = (probs.unsqueeze(-1) * v.float().unsqueeze(2)).sum(-2)  # (B, G, H // G, D)
-        return out.reshape(B, H, 1, D).to(q.dtype)
+    def _attend_segments(self, q, k, v, runs: list[list[int]]) -> torch.Tensor:
+        """Causal attention within each packed segment, one SDPA call per segment. The masked call over the whole
+        row computes every (query, key) pair and throws most away; this computes only the pairs a segment has, and
+        `split` (unlike slicing) gives backward one concatenation instead of a zero-filled gradient per piece:
+        fwd + bwd of a SmolLM2 layer at 4 x 512 with Alpaca-length segments, 70 -> 33 ms on 2 cores."""
+        gqa = q.shape[1] != k.shape[1]
+        sdpa = functools.partial(F.scaled_dot_product_attention, is_causal=True, scale=self.scale, enable_gqa=gqa)
+        rows = []
+        for qb, kb, vb, lengths in zip(q.unbind(0), k.unbind(0), v.unbind(0), runs):
+            pieces = zip(qb.split(lengths, 1), kb.split(lengths, 1), vb.split(lengths, 1))
+            # 4-d pieces: SDPA takes its flash kernel only for (batch, heads, time, dim) inputs (math for 3-d)
+            outs = [sdpa(qs[None], ks[None], vs[None]) for qs, ks, vs in pieces]
+            rows.append(torch.cat(outs, dim=2))
+        return torch.cat(rows)
 
 
 class MaskSpec:
@@ -388,71 +328,6 @@ class MaskSpec:
         return allowed.unsqueeze(1)  # (B or 1, 1, T, S)
 
 
-class KVCache(nn.Module):
-    """Static key/value buffers. Sliding-window layers keep a ring of `window` slots, tagged with their times."""
-
-    def __init__(self, config: Config, layer: int, batch_size: int, max_seq_length: int, device, dtype) -> None:
-        super().__init__()
-        self.max_seq_length = max_seq_length
-        window = config.sliding_window_size if config.is_sliding(layer) else None
-        self.ring = window is not None and window < max_seq_length
-        slots = window if self.ring else max_seq_length
-        shape = (batch_size, config.n_query_groups, slots, config.head_size)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("slot_times", torch.full((slots,), -1, device=device, dtype=torch.long), persistent=False)
-        self.filled = 0  # slots [0, filled) hold entries (non-ring caches), tracked on the host
-
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        self.k = self.k.index_select(0, rows)
-        self.v = self.v.index_select(0, rows)
-
-    def update(self, times: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int | None):
-        """Store the new keys/values at `times` (`start` = times[0] as a host int); return the keys, values and
-        times to attend over, and whether every returned slot holds an entry. With `start` None (static shapes), the
-        whole buffers: their shapes never change, and empty slots are masked by their time -1."""
-        B = k.shape[0]
-        if k.dtype != self.k.dtype:
-            k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        if start is None and not self.ring:
-            keys, values = self.k[:B], self.v[:B]
-            keys.index_copy_(2, times, k)
-            values.index_copy_(2, times, v)
-            self.slot_times.index_copy_(0, times, times)
-            return keys, values, self.slot_times, False
-        if not self.ring:  # times are consecutive: write a slice, not an index list (`narrow`: no indexing machinery)
-            T, end = times.shape[0], start + times.shape[0]
-            keys, values = self.k, self.v
-            if B != keys.shape[0]:  # fewer rows than the cache was built for
-                keys, values = keys.narrow(0, 0, B), values.narrow(0, 0, B)
-            keys.narrow(2, start, T).copy_(k)
-            values.narrow(2, start, T).copy_(v)
-            self.slot_times.narrow(0, start, T).copy_(times)
-            if start <= self.filled:
-                self.filled = max(self.filled, end)
-            times = self.slot_times.narrow(0, 0, end)
-            return keys.narrow(2, 0, end), values.narrow(2, 0, end), times, end <= self.filled
-        # ring: attend over the old ring plus the new chunk, then keep the newest `slots` entries
-        all_k = torch.cat((self.k[:B], k), dim=2)
-        all_v = torch.cat((self.v[:B], v), dim=2)
-        all_t = torch.cat((self.slot_times, times))
-        slots = self.slot_times.shape[0]
-        keep = times[-slots:]
-        self.k[:B, :, keep % slots] = k[:, :, -slots:]
-        self.v[:B, :, keep % slots] = v[:, :, -slots:]
-        self.slot_times[keep % slots] = keep
-        return all_k, all_v, all_t, False
-
-
-def make_embedding(vocab: int, dim: int) -> nn.Embedding:
-    """nn.Embedding, initialised like torch's own except on the meta device, where `normal_` would import dynamo
-    (seconds of every checkpoint load) to initialise weights that are about to be replaced anyway."""
-    wte = nn.Embedding(vocab, dim, _weight=torch.empty(vocab, dim))
-    if wte.weight.device.type != "meta":
-        nn.init.normal_(wte.weight)
-    return wte
-
-
 # ---------------------------------------------------------------- MLPs
 class GptNeoxMLP(nn.Module):
     """fc -> GELU -> proj (GPT-NeoX, Phi-2, Falcon)."""
@@ -460,8 +335,8 @@ class GptNeoxMLP(nn.Module):
     def __init__(self, config: Config, intermediate_size: int | None = None) -> None:
         super().__init__()
         size = intermediate_size or config.intermediate_size
-        self.fc = Linear(config.n_embd, size, bias=config.mlp_bias)
-        self.proj = Linear(size, config.n_embd, bias=config.mlp_bias)
+        self.fc = nn.Linear(config.n_embd, size, bias=config.mlp_bias)
+        self.proj = nn.Linear(size, config.n_embd, bias=config.mlp_bias)
         self.approximate = config.gelu_approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -474,9 +349,9 @@ class LLaMAMLP(nn.Module):
     def __init__(self, config: Config, intermediate_size: int | None = None) -> None:
         super().__init__()
         size = intermediate_size or config.intermediate_size
-        self.fc_1 = Linear(config.n_embd, size, bias=config.mlp_bias)  # gate
-        self.fc_2 = Linear(config.n_embd, size, bias=config.mlp_bias)  # up
-        self.proj = Linear(size, config.n_embd, bias=config.mlp_bias)  # down
+        self.fc_1 = nn.Linear(config.n_embd, size, bias=config.mlp_bias)  # gate
+        self.fc_2 = nn.Linear(config.n_embd, size, bias=config.mlp_bias)  # up
+        self.proj = nn.Linear(size, config.n_embd, bias=config.mlp_bias)  # down
         self.config = config
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
@@ -498,7 +373,7 @@ class LLaMAMoE(nn.Module):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
-        self.gate = Linear(config.n_embd, config.n_expert, bias=False)
+        self.gate = nn.Linear(config.n_embd, config.n_expert, bias=False)
         self.experts = nn.ModuleList(LLaMAMLP(config, config.expert_intermediate_size) for _ in range(config.n_expert))
         self.config = config
 
@@ -535,11 +410,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        w = self.weight
-        if dtype == w.dtype == torch.bfloat16 and x.is_cpu and not torch.compiler.is_compiling():
-            no_grad = not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
-            if no_grad and cpu_kernel.available():  # the same float32 math in one C call, not eight small ops
-                return cpu_kernel.bf16_rms_norm(x, w, self.eps, self.unit_offset)
         # torch's rms_norm runs transformers' float32 ops (x * rsqrt(mean(x^2) + eps)) in one call from Python
         x = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         if self.unit_offset:  # Gemma multiplies in float32, Llama in the input dtype
@@ -611,10 +481,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     n = cos.shape[-1]
     if n == 0:
         return x
-    if x.dtype == cos.dtype == sin.dtype == torch.bfloat16 and x.is_cpu and not torch.is_grad_enabled():
-        dense = x.stride(-1) == cos.stride(-1) == 1 and sin.stride() == cos.stride()
-        if dense and not torch.compiler.is_compiling() and cpu_kernel.available():
-            return cpu_kernel.bf16_rope(x, cos, sin)  # the same bf16 ops, bit for bit, in one C call
     rot = x[..., :n] if n < x.shape[-1] else x
     out = rot * cos + torch.roll(rot, n // 2, dims=-1) * sin
     return torch.cat((out, x[..., n:]), dim=-1) if n < x.shape[-1] else out
@@ -683,3 +549,60 @@ def _yarn_inv_freq(dim: int, base: float, s: dict, block_size: int):
     extrapolation = 1 - ramp
     inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
     return inv_freq, attn
+
+
+# ---------------------------------------------------------------- KV cache
+class KVCache(nn.Module):
+    """Static key/value buffers. Sliding-window layers keep a ring of `window` slots, tagged with their times."""
+
+    def __init__(self, config: Config, layer: int, batch_size: int, max_seq_length: int, device, dtype) -> None:
+        super().__init__()
+        self.max_seq_length = max_seq_length
+        window = config.sliding_window_size if config.is_sliding(layer) else None
+        self.ring = window is not None and window < max_seq_length
+        slots = window if self.ring else max_seq_length
+        shape = (batch_size, config.n_query_groups, slots, config.head_size)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("slot_times", torch.full((slots,), -1, device=device, dtype=torch.long), persistent=False)
+        self.filled = 0  # slots [0, filled) hold entries (non-ring caches), tracked on the host
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        self.k = self.k.index_select(0, rows)
+        self.v = self.v.index_select(0, rows)
+
+    def update(self, times: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int | None):
+        """Store the new keys/values at `times` (`start` = times[0] as a host int); return the keys, values and
+        times to attend over, and whether every returned slot holds an entry. With `start` None (static shapes), the
+        whole buffers: their shapes never change, and empty slots are masked by their time -1."""
+        B = k.shape[0]
+        if k.dtype != self.k.dtype:
+            k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        if start is None and not self.ring:
+            keys, values = self.k[:B], self.v[:B]
+            keys.index_copy_(2, times, k)
+            values.index_copy_(2, times, v)
+            self.slot_times.index_copy_(0, times, times)
+            return keys, values, self.slot_times, False
+        if not self.ring:  # times are consecutive: write a slice, not an index list (`narrow`: no indexing machinery)
+            T, end = times.shape[0], start + times.shape[0]
+            keys, values = self.k, self.v
+            if B != keys.shape[0]:  # fewer rows than the cache was built for
+                keys, values = keys.narrow(0, 0, B), values.narrow(0, 0, B)
+            keys.narrow(2, start, T).copy_(k)
+            values.narrow(2, start, T).copy_(v)
+            self.slot_times.narrow(0, start, T).copy_(times)
+            if start <= self.filled:
+                self.filled = max(self.filled, end)
+            times = self.slot_times.narrow(0, 0, end)
+            return keys.narrow(2, 0, end), values.narrow(2, 0, end), times, end <= self.filled
+        # ring: attend over the old ring plus the new chunk, then keep the newest `slots` entries
+        all_k = torch.cat((self.k[:B], k), dim=2)
+        all_v = torch.cat((self.v[:B], v), dim=2)
+        all_t = torch.cat((self.slot_times, times))
+        slots = self.slot_times.shape[0]
+        keep = times[-slots:]
+        self.k[:B, :, keep % slots] = k[:, :, -slots:]
+        self.v[:B, :, keep % slots] = v[:, :, -slots:]
+        self.slot_times[keep % slots] = keep
+        return all_k, all_v, all_t, False

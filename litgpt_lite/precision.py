@@ -49,7 +49,7 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return getattr(torch, DTYPE_NAMES[str(name)])
 
 
-@functools.cache  # the hardware does not change within a process; `Linear` asks on every bf16 prefill matmul
+@functools.cache  # the hardware does not change within a process; `CPULinear` asks on every bf16 matmul
 def cpu_has_native_bf16() -> bool:
     """True when the CPU executes bf16 matmuls natively (AVX512-BF16 or AMX tiles)."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

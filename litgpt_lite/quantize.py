@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from litgpt_lite.errors import UserError
-from litgpt_lite.model import is_plain_linear
+from litgpt_lite.kernels import is_plain_linear
 from litgpt_lite.modules import set_submodule
 
 # mode -> (4-bit data type, double quantization of the absmax statistics); None marks LLM.int8()

@@ -103,7 +103,7 @@ def test_static_decode_path_equals_the_sliced_one(variant):
 @pytest.mark.parametrize("prompts", [[[1, 2, 3], [4, 5, 6, 7, 8, 9]], [[4, 5, 6]]], ids=["batch", "one_row"])
 def test_compiled_decode_step_gives_the_eager_tokens(prompts):
     """`compile_decode` (what `--compile` turns on): same greedy tokens, batched rows with padding included, and
-    one row (whose Linears take the fused multiply-sum path on the CPU)."""
+    one row (tests/kernels/test_cpu_attention.py runs this with the CPU kernels installed)."""
     model = tiny("llama_gqa", block_size=64)
     tok = CharTokenizer()
     tok.stop_ids = set()
@@ -122,23 +122,6 @@ def test_compiled_decode_step_gives_the_eager_tokens(prompts):
         assert run() == eager
     finally:
         model.decode_step = None
-
-
-@pytest.mark.parametrize("variant", ["llama_gqa", "gemma2_softcap"])
-@pytest.mark.parametrize("masked", [False, True])
-def test_one_query_attention_equals_the_eager_attention(variant, masked):
-    """The compiled CPU decode step's attention (multiply-sums in float32) gives SDPA's / the softcapped path's
-    values: grouped key/value heads, a mask with hidden slots, and a softcap included."""
-    attn = tiny(variant).transformer.h[1].attn
-    gen = torch.Generator().manual_seed(2)
-    B, S = 2, 9
-    q = torch.randn(B, 4, 1, 8, generator=gen)
-    k, v = (torch.randn(B, attn.config.n_query_groups, S, 8, generator=gen) for _ in range(2))
-    mask = None
-    if masked:
-        mask = torch.rand(B, 1, 1, S, generator=gen) > 0.4
-        mask[..., -1] = True  # a query always sees itself
-    torch.testing.assert_close(attn._attend_one_query(q, k, v, mask), attn._attend(q, k, v, mask))
 
 
 def test_compiled_decode_step_serves_prompts_of_other_lengths_without_recompiling():

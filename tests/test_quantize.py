@@ -20,9 +20,10 @@ from tiny_configs import tiny_llama  # noqa: E402
 from litgpt_lite.checkpoint import QUANTIZED_WEIGHTS, save_checkpoint  # noqa: E402
 from litgpt_lite.config import Config  # noqa: E402
 from litgpt_lite.errors import UserError  # noqa: E402
+from litgpt_lite.kernels import is_plain_linear  # noqa: E402
 from litgpt_lite.loading import load_model  # noqa: E402
 from litgpt_lite.lora import LoRALinear, LoRARecipe  # noqa: E402
-from litgpt_lite.model import GPT, is_plain_linear  # noqa: E402
+from litgpt_lite.model import GPT  # noqa: E402
 from litgpt_lite.quantize import MODES, quantize_model, quantized_layers_bf16_bytes, weight_bytes  # noqa: E402
 from litgpt_lite.quantize_cli import quantize_cli  # noqa: E402
 

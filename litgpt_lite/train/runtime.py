@@ -164,6 +164,7 @@ def _check_vocab(tokenizer: Tokenizer | None, config: Config) -> None:
 
 def _setup_training(fabric: Fabric, run: Run, config: Config, total_steps: int, sharded: bool) -> _Pieces:
     """The recipe-prepared model (levers applied) and its optimizer and schedule, set up by Fabric."""
+    from litgpt_lite.kernels import install_kernels
     from litgpt_lite.train.distributed import checkpoint_blocks
     from litgpt_lite.train.optim import build_optimizer, build_scheduler
 
@@ -172,6 +173,8 @@ def _setup_training(fabric: Fabric, run: Run, config: Config, total_steps: int, 
         checkpoint_blocks(raw)
     _report_params(fabric, raw)
     model = fabric.setup_module(torch.compile(raw) if run.train.compile else raw)
+    if not sharded:  # frozen layers, validation and samples run without autograd: on a CPU, through the fast paths
+        install_kernels(raw, "auto")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError(f"The {run.recipe.name} recipe left no trainable parameters: choose some layers to train")

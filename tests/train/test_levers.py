@@ -178,7 +178,7 @@ def test_attention_per_segment_equals_the_masked_call():
     torch.manual_seed(1)
     leaves = [torch.randn(B, n, T, D, dtype=torch.float64, requires_grad=True) for n in (H, G, G)]
     per_segment = attn._attend_segments(*leaves, runs)
-    masked = attn._attend(*leaves, mask.build(torch.arange(T), None, None))
+    masked = attn.attend(*leaves, mask.build(torch.arange(T), None, None))
     torch.testing.assert_close(per_segment, masked, rtol=1e-12, atol=1e-12)
     weights = torch.randn_like(masked)
     grads_seg = torch.autograd.grad((per_segment * weights).sum(), leaves)

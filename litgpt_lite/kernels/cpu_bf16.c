@@ -1,4 +1,4 @@
-/* bf16 inference kernels for x86-64 CPUs with AVX2 and FMA but no native bf16 (built and loaded by cpu_kernel.py):
+/* bf16 inference kernels for x86-64 CPUs with AVX2 and FMA but no native bf16 (built and loaded by cpu_bf16.py):
  * a matmul with few rows, RMSNorm, RoPE, and one query's attention over a KV cache. All compute in float32 and round
  * to bf16 where torch does (the attention only its output).
  *

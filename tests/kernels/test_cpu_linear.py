@@ -1,16 +1,18 @@
-"""model.Linear: its CPU decode paths compute what F.linear computes, and training keeps the plain path."""
+"""kernels.cpu_linear.CPULinear: its CPU decode paths compute what F.linear computes, and training keeps the plain
+path."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from litgpt_lite import cpu_kernel
-from litgpt_lite.model import Linear
+from litgpt_lite.kernels import cpu_bf16, cpu_linear
+from litgpt_lite.kernels.cpu_linear import CPULinear
+from litgpt_lite.model import RMSNorm
 
 
 def _layer(in_f, out_f, bias, dtype=torch.float32):
     torch.manual_seed(0)
-    layer = Linear(in_f, out_f, bias=bias).to(dtype)
+    layer = CPULinear(in_f, out_f, bias=bias).to(dtype)
     if bias:
         torch.nn.init.normal_(layer.bias)
     return layer
@@ -69,8 +71,6 @@ def test_one_row_under_compile_equals_f_linear(dtype):
 def test_one_row_under_compile_after_a_norm_equals_eager():
     """With a norm producing its input (the decode step's shape: RMSNorm -> Linear), the realized input gives the
     eager values."""
-    from litgpt_lite.model import RMSNorm
-
     torch.manual_seed(0)
     norm, layer = RMSNorm(64), _layer(64, 96, False, torch.bfloat16)
     norm = norm.to(torch.bfloat16)
@@ -84,12 +84,10 @@ def test_one_row_under_compile_after_a_norm_equals_eager():
 
 def _record_linear_input_dtypes(monkeypatch, native: bool) -> list[torch.dtype]:
     """Pretend the CPU has (or lacks) native bf16; return the list that gets the input dtype of each F.linear call."""
-    import litgpt_lite.model as model
-
-    monkeypatch.setattr(model, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(cpu_linear, "cpu_has_native_bf16", lambda: native)
     seen: list[torch.dtype] = []
     real = F.linear
-    monkeypatch.setattr(model.F, "linear", lambda x, *a: seen.append(x.dtype) or real(x, *a))
+    monkeypatch.setattr(cpu_linear.F, "linear", lambda x, *a: seen.append(x.dtype) or real(x, *a))
     return seen
 
 
@@ -104,8 +102,8 @@ def test_bf16_paths_without_native_bf16(monkeypatch, native, rows):
     x = torch.randn(1, rows, 64, dtype=torch.bfloat16)
     with torch.no_grad():
         y = layer(x)
-    kernel = not native and rows <= Linear.KERNEL_MAX_ROWS and cpu_kernel.available()
-    upcast = not native and not kernel and rows >= Linear.UPCAST_MIN_ROWS
+    kernel = not native and rows <= CPULinear.KERNEL_MAX_ROWS and cpu_bf16.available()
+    upcast = not native and not kernel and rows >= CPULinear.UPCAST_MIN_ROWS
     assert seen == ([] if kernel else [torch.float32 if upcast else torch.bfloat16])
     assert y.dtype == torch.bfloat16
     ref = x.float() @ layer.weight.float().T + layer.bias.float()  # the exact product, in float32
@@ -120,3 +118,18 @@ def test_bf16_upcast_stays_off_under_autocast_and_autograd(monkeypatch):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         layer(x)
     assert seen == [torch.bfloat16, torch.bfloat16]
+
+
+@pytest.mark.usefixtures("c_kernels")
+@pytest.mark.parametrize("rows", [1, 7, 32, 33])
+def test_bf16_takes_the_c_kernel_up_to_its_rows(monkeypatch, rows):
+    """With the C kernels on (forced where this CPU has native bf16): no F.linear call up to KERNEL_MAX_ROWS rows,
+    the float32 upcast above; both within bf16 rounding of the exact product."""
+    seen = _record_linear_input_dtypes(monkeypatch, native=False)
+    layer = _layer(64, 96, True, torch.bfloat16)
+    x = torch.randn(1, rows, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y = layer(x)
+    assert seen == ([] if rows <= CPULinear.KERNEL_MAX_ROWS else [torch.float32])
+    ref = x.float() @ layer.weight.float().T + layer.bias.float()
+    torch.testing.assert_close(y.float(), ref, atol=1e-2, rtol=2**-7)

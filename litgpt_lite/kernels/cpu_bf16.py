@@ -16,7 +16,7 @@ The kernels are compiled on first use (about half a second) with the system C co
 user cache (`$XDG_CACHE_HOME/litgpt_lite/kernels`, else `~/.cache/...`), keyed by the source and the build recipe,
 and loaded with ctypes. They link against the OpenMP runtime torch has loaded, so they run on torch's threads, as
 many as `torch.get_num_threads()`. Where anything is missing (no compiler, another architecture, no OpenMP runtime
-in torch) `available()` is False and the model uses torch's ops.
+in torch) `available()` is False and the swapped-in modules (`install_kernels`) use torch's ops.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("cpu_kernel.c")
+from litgpt_lite.precision import cpu_has_native_bf16
+
+SOURCE = Path(__file__).with_name("cpu_bf16.c")
 COMPILE_FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-fPIC")
 # --no-undefined: a compiler whose OpenMP calls torch's runtime lacks (clang's __kmpc_*) fails here, not at a call
 LINK_FLAGS = ("-shared", "-lm", "-Wl,--no-undefined")
@@ -74,22 +76,25 @@ def _build(cc: str, runtime: Path, out: Path) -> None:
         os.replace(lib, out)
 
 
+def supported() -> bool:
+    """Whether the kernels would help here, before building them: an x86-64 CPU with AVX2 (or AVX-512) but without
+    native bf16 (a CPU with native bf16 has oneDNN's kernels), and `LITGPT_LITE_CPU_KERNEL` not "0"."""
+    if os.environ.get(OFF_ENV, "1") == "0" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") and not cpu_has_native_bf16()
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    """The built kernels, or None where they cannot be built or would not help (a CPU with native bf16 has oneDNN's
-    kernels)."""
-    from litgpt_lite.precision import cpu_has_native_bf16
-
-    if os.environ.get(OFF_ENV, "1") == "0" or platform.machine() not in ("x86_64", "AMD64"):
-        return None
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512") or cpu_has_native_bf16():
+    """The built kernels, or None where they are not `supported` or cannot be built."""
+    if not supported():
         return None
     cc = shutil.which(os.environ.get("CC") or "cc")
     runtime = _openmp_runtime()
     if cc is None or runtime is None:
         return None
     recipe = "\0".join([SOURCE.read_text(), cc, *COMPILE_FLAGS, *LINK_FLAGS, str(runtime)])
-    path = cache_dir() / f"cpu_kernel-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.so"
+    path = cache_dir() / f"cpu_bf16-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.so"
     try:
         if not path.exists():
             _build(cc, runtime, path)
@@ -126,7 +131,7 @@ def bf16_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> tor
 
 
 def bf16_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, unit_offset: bool) -> torch.Tensor:
-    """`model.RMSNorm` for bf16 `x` and contiguous bf16 `w`."""
+    """`model.RMSNorm`'s forward for bf16 `x` and contiguous bf16 `w`."""
     x = x.contiguous()
     y = torch.empty_like(x)
     n = x.shape[-1]

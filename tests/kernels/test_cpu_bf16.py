@@ -1,5 +1,5 @@
-"""cpu_kernel: the C bf16 matmul for few rows, RMSNorm, RoPE and one-query attention compute what torch computes,
-and fall back cleanly when they can't build."""
+"""kernels.cpu_bf16: the C bf16 matmul for few rows, RMSNorm, RoPE and one-query attention compute what torch
+computes, the swapped-in modules use them where they apply, and they fall back cleanly when they can't build."""
 
 import subprocess
 import sys
@@ -9,12 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from litgpt_lite import cpu_kernel
+import litgpt_lite.model as model
+from litgpt_lite.kernels import cpu_bf16, install_kernels
+from litgpt_lite.kernels.cpu_attention import CPUCausalSelfAttention
+from litgpt_lite.kernels.cpu_norm import CPURMSNorm
 
-kernel, norm_kernel, attend_kernel = cpu_kernel.bf16_linear, cpu_kernel.bf16_rms_norm, cpu_kernel.bf16_attend_one
-needs_kernel = pytest.mark.skipif(
-    not cpu_kernel.available(), reason="no AVX2 CPU without native bf16, or no C compiler"
-)
+kernel, norm_kernel, attend_kernel = cpu_bf16.bf16_linear, cpu_bf16.bf16_rms_norm, cpu_bf16.bf16_attend_one
+rope_kernel = cpu_bf16.bf16_rope
+# in a fresh process: the kernels as on a CPU without native bf16 (this CPU runs their AVX2 code either way)
+FORCE = "from litgpt_lite.kernels import cpu_bf16; cpu_bf16.cpu_has_native_bf16 = lambda: False; "
+needs_kernel = pytest.mark.usefixtures("c_kernels")  # forced on where the CPU can run them (tests/kernels/conftest)
 
 
 def _exact(x, w, b):
@@ -69,19 +73,17 @@ def test_kernel_uses_torch_thread_count():
 @needs_kernel
 @pytest.mark.parametrize("shape", [(1, 1, 576), (2, 3, 64), (4, 20), (3, 2, 5, 24)])
 @pytest.mark.parametrize("unit_offset", [False, True])
-def test_rms_norm_kernel_equals_the_torch_ops(monkeypatch, shape, unit_offset):
+def test_rms_norm_kernel_equals_the_torch_ops(shape, unit_offset):
     """The C norm computes RMSNorm's float32 math (Llama: round, then times the bf16 weight; Gemma: times 1 + weight in
     float32, rounded once): within one bf16 step of torch's ops, which it matches almost everywhere."""
-    import litgpt_lite.model as model
-
     torch.manual_seed(len(shape))
     norm = model.RMSNorm(shape[-1], eps=1e-5, unit_offset=unit_offset).to(torch.bfloat16)
     torch.nn.init.normal_(norm.weight)
     x = torch.randn(shape, dtype=torch.bfloat16) * 3
     with torch.no_grad():
-        y = norm(x)
-        monkeypatch.setattr(cpu_kernel, "available", lambda: False)
         ref = norm(x)
+        y = install_kernels(norm)(x)
+    assert type(norm) is CPURMSNorm
     assert y.dtype == torch.bfloat16 and y.shape == x.shape
     assert (y != ref).float().mean() <= 0.01
     torch.testing.assert_close(y.float(), ref.float(), atol=1e-6, rtol=2**-7)
@@ -95,11 +97,9 @@ def test_rms_norm_kernel_equals_the_torch_ops(monkeypatch, shape, unit_offset):
 
 @needs_kernel
 def test_rms_norm_kernel_stays_off_for_autograd_and_other_dtypes(monkeypatch):
-    import litgpt_lite.model as model
-
     calls = []
-    monkeypatch.setattr(cpu_kernel, "bf16_rms_norm", lambda *a: calls.append(1) or norm_kernel(*a))
-    norm = model.RMSNorm(64)
+    monkeypatch.setattr(cpu_bf16, "bf16_rms_norm", lambda *a: calls.append(1) or norm_kernel(*a))
+    norm = install_kernels(model.RMSNorm(64))
     norm(torch.randn(2, 64))  # float32
     norm.to(torch.bfloat16)(torch.randn(2, 64, dtype=torch.bfloat16)).sum().backward()  # autograd
     assert calls == []
@@ -132,12 +132,10 @@ def test_decode_step_attention_takes_the_kernel_only_without_a_mask(monkeypatch)
     """A bf16 decode step over the whole cache calls the kernel; a padded batch (a mask) and float32 use SDPA."""
     from test_checkpoint import tiny_config
 
-    import litgpt_lite.model as model
-
     calls = []
-    monkeypatch.setattr(cpu_kernel, "bf16_attend_one", lambda *a: calls.append(1) or attend_kernel(*a))
+    monkeypatch.setattr(cpu_bf16, "bf16_attend_one", lambda *a: calls.append(1) or attend_kernel(*a))
     torch.manual_seed(0)
-    gpt = model.GPT(tiny_config()).eval()
+    gpt = install_kernels(model.GPT(tiny_config()).eval())
     with torch.inference_mode():
         for dtype, pad_lens, expected in (
             (torch.float32, None, 0),
@@ -156,38 +154,41 @@ def test_decode_step_attention_takes_the_kernel_only_without_a_mask(monkeypatch)
 @pytest.mark.parametrize("B,T,n,D", [(1, 1, 64, 64), (2, 5, 16, 24), (3, 4, 8, 8)])
 def test_rope_kernel_equals_apply_rope_bit_for_bit(monkeypatch, B, T, n, D):
     """Queries and keys viewed out of a fused projection (strided), full and partial rotary, cos/sin per row or
-    shared: the same bits as torch's bf16 ops."""
-    import litgpt_lite.model as model
+    shared: the same bits as torch's bf16 ops, through the swapped-in attention's `rotate`."""
+    from test_checkpoint import tiny_config
 
     torch.manual_seed(B * T)
     qkv = torch.randn(B, T, 7, D, dtype=torch.bfloat16) * 4
     x = qkv[:, :, :5]  # 5 of 7 heads, as queries and keys are in the fused qkv
+    attn = install_kernels(model.CausalSelfAttention(tiny_config(), 0))
+    assert type(attn) is CPUCausalSelfAttention
+    calls = []
+    monkeypatch.setattr(cpu_bf16, "bf16_rope", lambda *a: calls.append(1) or rope_kernel(*a))
     for rows in (B, 1):
         angles = torch.randn(rows, T, 1, n)
         cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
         with torch.inference_mode():
-            y = model.apply_rope(x, cos, sin)
-            monkeypatch.setattr(cpu_kernel, "available", lambda: False)
+            y = attn.rotate(x, cos, sin)
             ref = model.apply_rope(x, cos, sin)
-            monkeypatch.undo()
         assert y.shape == ref.shape and torch.equal(y, ref)
+    assert len(calls) == 2
 
 
 def test_the_openmp_runtime_is_torchs_own_where_two_are_loaded(tmp_path):
     torch_dir = tmp_path / "site-packages" / "torch"
     system, bundled = "/usr/lib/x86_64-linux-gnu/libgomp.so.1", str(torch_dir / "lib" / "libgomp.so.1")
-    pick = cpu_kernel.pick_runtime
+    pick = cpu_bf16.pick_runtime
     assert pick(["[heap]", system, "/usr/lib/libc.so.6", bundled, bundled], torch_dir) == Path(bundled)
     assert pick(["[heap]", system, system], torch_dir) == Path(system)  # torch built against the system's
     assert pick(["/opt/intel/lib/libiomp5.so"], torch_dir) == Path("/opt/intel/lib/libiomp5.so")
     assert pick(["[heap]", "/usr/lib/libc.so.6"], torch_dir) is None
-    if cpu_kernel.available():  # built here, so this process has torch's OpenMP runtime loaded
-        assert cpu_kernel._openmp_runtime() is not None
+    if cpu_bf16.available():  # built here, so this process has torch's OpenMP runtime loaded
+        assert cpu_bf16._openmp_runtime() is not None
 
 
 def _probe(env: dict, tmp_path) -> str:
-    """cpu_kernel.available() in a fresh process with `env` over a cache in tmp_path: 'None' or 'kernel'."""
-    code = "from litgpt_lite import cpu_kernel; print('kernel' if cpu_kernel.available() else 'None')"
+    """cpu_bf16.available() in a fresh process with `env` over a cache in tmp_path: 'None' or 'kernel'."""
+    code = FORCE + "print('kernel' if cpu_bf16.available() else 'None')"
     import os
 
     full = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), **env}
@@ -197,7 +198,7 @@ def _probe(env: dict, tmp_path) -> str:
 @needs_kernel
 def test_builds_into_the_user_cache_and_reuses_it(tmp_path):
     assert _probe({}, tmp_path).strip() == "kernel"
-    built = list((tmp_path / "litgpt_lite" / "kernels").glob("cpu_kernel-*.so"))
+    built = list((tmp_path / "litgpt_lite" / "kernels").glob("cpu_bf16-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
     assert _probe({"CC": "/nonexistent/cc"}, tmp_path).strip() == "None"  # no compiler: no kernel, even cached
@@ -220,10 +221,8 @@ def test_bf16_model_logits_with_and_without_the_kernel(monkeypatch):
     """A bf16 model's prefill and decode logits through the kernels stay within bf16 rounding of torch's kernels."""
     from test_checkpoint import tiny_config
 
-    import litgpt_lite.model as model
-
     torch.manual_seed(0)
-    gpt = model.GPT(tiny_config()).to(torch.bfloat16).eval()
+    gpt = install_kernels(model.GPT(tiny_config()).to(torch.bfloat16).eval())
     idx = torch.randint(0, 64, (1, 7))
 
     def run():
@@ -235,14 +234,16 @@ def test_bf16_model_logits_with_and_without_the_kernel(monkeypatch):
         return prefill, step
 
     calls = []
-    monkeypatch.setattr(cpu_kernel, "bf16_linear", lambda *a: calls.append("mm") or kernel(*a))
-    monkeypatch.setattr(cpu_kernel, "bf16_rms_norm", lambda *a: calls.append("norm") or norm_kernel(*a))
-    monkeypatch.setattr(cpu_kernel, "bf16_attend_one", lambda *a: calls.append("attend") or attend_kernel(*a))
+    monkeypatch.setattr(cpu_bf16, "bf16_linear", lambda *a: calls.append("mm") or kernel(*a))
+    monkeypatch.setattr(cpu_bf16, "bf16_rms_norm", lambda *a: calls.append("norm") or norm_kernel(*a))
+    monkeypatch.setattr(cpu_bf16, "bf16_attend_one", lambda *a: calls.append("attend") or attend_kernel(*a))
     with_kernel = run()
     assert calls.count("mm") == 2 * (2 * 5 + 1)  # every matmul of both forwards: 5 per layer and the head
     assert calls.count("norm") == 2 * (2 * 2 + 1)  # and every norm: 2 per layer and the final one
     assert calls.count("attend") == 2  # and the decode step's attention in each layer
-    monkeypatch.setattr(cpu_kernel, "available", lambda: False)
+    install_kernels(gpt, "none")
+    calls.clear()
     without = run()
+    assert calls == []
     for a, b in zip(with_kernel, without):
         torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2**-6)
