@@ -71,8 +71,10 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 
 
 def test_plain_dir_equals_the_model_built_by_hand(base):
-    model = load_model(base)
+    model = load_model(base, kernels="none")
     assert torch.equal(logits(model), logits(by_hand(base)))
+    # the CPU fast paths (the default) sum in another order: the same logits up to float32 rounding
+    torch.testing.assert_close(logits(load_model(base)), logits(model), rtol=1e-5, atol=1e-5)
     assert model.lm_head.weight is model.transformer.wte.weight  # tied, as GPT ties it
     assert not model.training
 
