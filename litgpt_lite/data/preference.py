@@ -144,19 +144,33 @@ def _check_messages(value, where: str, key: str) -> Messages:
 # ---------------------------------------------------------------- conversations -> tokens
 def encode_pair(prompt: Messages, chosen: Messages, rejected: Messages, ctx: DataContext, where: str) -> Pair:
     """Tokenize both conversations with the prompt style and split off the shared prompt tokens."""
-    sides = [encode_conversation(prompt + response, ctx, mask_prompt=True) for response in (chosen, rejected)]
-    (c_ids, c_labels), (r_ids, r_labels) = sides
-    starts = [_first_trained(labels) for labels in (c_labels, r_labels)]
-    if None in starts:
+    sides = [_encode_response(prompt, response, ctx) for response in (chosen, rejected)]
+    (c_ids, c_labels, c_start), (r_ids, r_labels, r_start) = sides
+    if c_start is None or r_start is None:
         raise UserError(f"{where}: a response renders to no trained tokens under the prompt style")
-    n = min(*starts, _shared_prefix(c_ids, r_ids))  # the prompt: tokens before either response, shared by both
+    n = min(c_start, r_start, _shared_prefix(c_ids, r_ids))  # the prompt: tokens before either response
     if n == 0:
         raise UserError(f"{where}: the prompt renders to no tokens, so the first response token has no context")
     return Pair(c_ids[:n], c_ids[n:], r_ids[n:], c_labels[n:], r_labels[n:])
 
 
-def _first_trained(labels: list[int]) -> int | None:
-    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
+def _encode_response(prompt: Messages, response: Messages, ctx: DataContext):
+    """(ids, labels, index of the response's first trained token) of prompt + response. Assistant turns inside the
+    prompt render as trained runs too: skip as many runs as the prompt alone has."""
+    ids, labels = encode_conversation(prompt + response, ctx, mask_prompt=True)
+    in_prompt = 0
+    if any(m["role"] == "assistant" for m in prompt):
+        in_prompt = len(_run_starts(encode_conversation(prompt, ctx, mask_prompt=True)[1]))
+    starts = _run_starts(labels)
+    if len(starts) <= in_prompt:
+        return ids, labels, None
+    start = starts[in_prompt]
+    return ids, [IGNORE_INDEX] * start + labels[start:], start
+
+
+def _run_starts(labels: list[int]) -> list[int]:
+    """Where each run of trained labels begins."""
+    return [i for i, label in enumerate(labels) if label != IGNORE_INDEX and (i == 0 or labels[i - 1] == IGNORE_INDEX)]
 
 
 def truncate_pair(pair: Pair, max_seq_length: int) -> tuple[Pair, bool, bool]:

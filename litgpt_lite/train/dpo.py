@@ -155,8 +155,12 @@ def sequence_logps(fabric, model, ids: torch.Tensor, labels: torch.Tensor, split
     keep = labels != IGNORE_INDEX
     if split_head:
         hidden = model(ids, return_hidden=True)[keep]  # (N, C)
+        raw = _raw(model)
+        dtype = raw.lm_head.weight.dtype
+        if dtype.is_floating_point:  # Fabric hands outputs back in float32, also under bf16-true
+            hidden = hidden.to(dtype)
         with fabric.autocast() if fabric is not None else contextlib.nullcontext():
-            logits = _raw(model).logits(hidden)
+            logits = raw.logits(hidden)
     else:
         logits = model(ids)[keep]
     token_logps = -F.cross_entropy(logits.float(), labels[keep], reduction="none")  # (N,)
