@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_common import StepClock, measured_matmul_flops, peak_rss_mb, reset_peak_rss
+from bench_dpo import dpo, dpo_trl
 
 
 def _train_args(p: dict[str, Any], **overrides):
@@ -224,4 +225,6 @@ WORKLOADS = {
     "decode": decode,
     "batched_decode": batched_decode,
     "convert": convert,
+    "dpo": dpo,
+    "dpo_trl": dpo_trl,  # TRL runs in our environment
 }

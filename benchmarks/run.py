@@ -34,7 +34,7 @@ from bench_common import TURN_ENV, emit, parse_result  # noqa: E402
 
 DEFAULT_LITGPT_PYTHON = Path(os.environ.get("LITGPT_PYTHON", "/work/bench-venv/bin/python"))
 EXTRA = ("pretrain_pythia14m",)  # not part of `all`: a seconds-long workload for smoke tests
-LOCKSTEP_FNS = ("pretrain", "finetune_full", "finetune_lora")  # workers timed by bench_common.StepClock
+LOCKSTEP_FNS = ("pretrain", "finetune_full", "finetune_lora", "dpo", "dpo_trl")  # timed by bench_common.StepClock
 PROMPT = "The history of the printing press begins"
 BATCH_PROMPTS = [
     "Hi",
@@ -164,6 +164,16 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
         needs=dec_needs,
         note="one process per run measures both, alternating batch 1 and batch 8; finished rows leave the batch",
     )
+    p = {**base, "data": "real", "micro_batch": a.dpo_pairs, "seq_len": a.dpo_seq_len}
+    out["dpo"] = Workload(
+        "dpo",
+        f"DPO (sigmoid, beta 0.1) with LoRA r=8 (query, value), SmolLM2-135M-Instruct, {plabel}, {a.dpo_pairs} pairs "
+        f"per step (chosen and rejected in one batch), max_seq_length {a.dpo_seq_len}, bundled pairs, one epoch",
+        (Side("TRL DPOTrainer", "ours", "dpo_trl", p), Side("litgpt_lite", "ours", "dpo", p)),
+        [Metric("tokens_per_s", "real tokens/s (prompt + chosen, prompt + rejected)", True), *memory(None)],
+        needs=("real",),
+        note="TRL 1.x with a PEFT LoRA (reference = adapters disabled), both sides in our environment",
+    )
     p = {"data": "hf", "litgpt_model_name": "SmolLM2-135M-Instruct"}
     out["convert"] = Workload(
         "convert",
@@ -233,6 +243,8 @@ def resolve_params(side: Side, paths: dict[str, Any]) -> dict[str, Any]:
         p["hf_dir"] = paths["hf"]
     if side.fn == "pretrain":
         p["data_dir"] = paths["tokens"]
+    if side.fn == "dpo_trl":
+        p["hf_dir"] = paths["hf"]
     return p
 
 
@@ -671,6 +683,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sft-seq-len", type=int, default=512, help="max_seq_length of the SFT workload")
     p.add_argument("--chunked-ce", type=int, default=128, help="ours: --train.chunked_ce for the LoRA workloads")
     p.add_argument("--new-tokens", type=int, default=48, help="new tokens per decode")
+    p.add_argument("--dpo-pairs", type=int, default=4, help="preference pairs per DPO step (8 sequences)")
+    p.add_argument("--dpo-seq-len", type=int, default=128, help="max_seq_length of the DPO workload")
     p.add_argument("--litgpt-python", type=Path, default=DEFAULT_LITGPT_PYTHON, help="interpreter with litgpt")
     p.add_argument("--assets", type=Path, default=None, help="where shared weights/data go (default: a temp dir)")
     p.add_argument("--timeout", type=int, default=1200, help="seconds per process")
