@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -293,8 +294,10 @@ class DPORecipe:
 # ---------------------------------------------------------------- reference log-probs of full fine-tuning
 @torch.no_grad()
 def reference_pass(fabric, model, datasets, fit_args, path: Path) -> torch.Tensor:
-    """(pairs, 2) log-probs of every pair's chosen and rejected response under the model as it is now, each process
-    taking every world_size-th micro batch."""
+    """(pairs, 2) log-probs of every pair's chosen and rejected response under the model as it is now.
+
+    Each process takes every world_size-th micro batch; all run the same number of forwards (FSDP gathers inside
+    each), so a process past the last batch repeats the first one and drops the result."""
     total = sum(len(d) for d in datasets)
     out = torch.zeros(total, 2, dtype=torch.float32)
     micro, rank, world = fit_args.train.micro_batch_size, fabric.global_rank, fabric.world_size
@@ -302,14 +305,15 @@ def reference_pass(fabric, model, datasets, fit_args, path: Path) -> torch.Tenso
     model.eval()
     fabric.print(f"Reference log-probs: one pass over {total} pairs with the base weights (cached in {path})")
     jobs = [(d, start) for d in datasets for start in range(0, len(d), micro)]
-    for k, (dataset, start) in enumerate(jobs):
-        if k % world != rank:
-            continue
+    for r in range(math.ceil(len(jobs) / world)):
+        k = r * world + rank
+        dataset, start = jobs[k] if k < len(jobs) else jobs[0]
         items = [dataset[i] for i in range(start, min(start + micro, len(dataset)))]
         batch = {key: fabric.to_device(v) for key, v in collate(items, fit_args.pad_id).items()}
         ids, labels = split_pairs(batch, fit_args.pad_id)
         logps, _ = sequence_logps(fabric, model, ids, labels, fit_args.split_head)
-        out[batch["pair_index"][:, 0].cpu()] = torch.stack(logps.float().cpu().chunk(2), dim=1)
+        if k < len(jobs):
+            out[batch["pair_index"][:, 0].cpu()] = torch.stack(logps.float().cpu().chunk(2), dim=1)
     model.train(was_training)
     if world > 1:
         out = fabric.all_reduce(out.to(fabric.device), reduce_op="sum").cpu()

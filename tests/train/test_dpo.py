@@ -342,3 +342,33 @@ def test_cli_errors_are_one_line_with_exit_code_2(tiny_ckpt, tmp_path, capsys):
     bad.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n" + json.dumps({"prompt": "a"}))
     assert "record 1 has no 'chosen' field" in error("--data", "Preference", "--data.json_path", str(bad))
     assert "--dpo.beta must be positive" in error("--dpo.beta", "0")
+
+
+def _dpo_cli(ckpt, out_dir, *extra: str) -> list[dict[str, str]]:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from litgpt_lite.train.loggers import read_metrics
+
+    args = ["--train.max_steps", "3", "--train.global_batch_size", "8", "--train.micro_batch_size", "2"]
+    args += ["--train.max_seq_length", "96", "--eval.max_new_tokens", "0", "--precision", "32-true"]
+    cmd = [sys.executable, "-m", "litgpt_lite", "finetune_dpo", str(ckpt), "--out_dir", str(out_dir), *args, *extra]
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return read_metrics(out_dir / "logs" / "metrics.csv")
+
+
+@pytest.mark.slow
+def test_full_dpo_on_two_processes_matches_one(tiny_ckpt, tmp_path):
+    """DDP: the reference pass shares its batches between the processes and the step metrics are reduced over
+    them, so two processes log what one does."""
+    one = _dpo_cli(tiny_ckpt, tmp_path / "one", "--full", "true", "--optimizer.lr", "1e-3")
+    two = _dpo_cli(tiny_ckpt, tmp_path / "two", "--full", "true", "--optimizer.lr", "1e-3", "--devices", "2")
+    keys = ["loss", "rewards/chosen", "rewards/accuracy", "rewards/margin", "logps/rejected", "val_loss"]
+    assert len(one) == len(two) >= 4  # initial validation, 3 steps (and the final validation)
+    for a, b in zip(one, two):
+        for key in keys:
+            if a[key]:
+                assert abs(float(a[key]) - float(b[key])) < 1e-5, (key, a, b)
