@@ -230,10 +230,16 @@ def tiny_ckpt(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
 
 
-def test_first_step_loss_is_ln2_and_metrics_are_logged(tiny_ckpt, tmp_path):
-    """LoRA starts with B = 0: policy = reference, so the sigmoid loss of step 1 is ln 2 and the rewards are 0."""
+@pytest.mark.parametrize("quantize", [None, "bnb.nf4"])
+def test_first_step_loss_is_ln2_and_metrics_are_logged(quantize, tiny_ckpt, tmp_path):
+    """LoRA starts with B = 0: policy = reference, so the sigmoid loss of step 1 is ln 2 and the rewards are 0 (with
+    QLoRA too: the reference is the same 4-bit base)."""
+    ckpt = tiny_ckpt
+    if quantize:
+        pytest.importorskip("bitsandbytes")
+        ckpt = tiny_checkpoint(tmp_path / "wide", n_embd=64, intermediate_size=128)  # 4-bit blocks of 64
     result = finetune_dpo(
-        tiny_ckpt, out_dir=tmp_path / "out", train=train_args(2), eval=QUICK_EVAL, precision="32-true"
+        ckpt, out_dir=tmp_path / "out", quantize=quantize, train=train_args(2), eval=QUICK_EVAL, precision="32-true"
     )
     first = result["history"][0]
     assert abs(first["loss"] - math.log(2)) < 1e-6
