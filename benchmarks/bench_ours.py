@@ -17,6 +17,7 @@ from bench_common import (
     peak_rss_mb,
     reset_peak_rss,
 )
+from bench_dpo import dpo, dpo_trl
 
 
 def _train_args(p: dict[str, Any], **overrides):
@@ -254,4 +255,6 @@ WORKLOADS = {
     "batched_decode": batched_decode,
     "convert": convert,
     "device_peaks": device_peaks,
+    "dpo": dpo,
+    "dpo_trl": dpo_trl,  # TRL runs in our environment
 }

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EXTRA = ("pretrain_pythia14m",)  # not part of `all`: a seconds-long workload for smoke tests
-LOCKSTEP_FNS = ("pretrain", "finetune_full", "finetune_lora")  # workers timed by bench_common.StepClock
+LOCKSTEP_FNS = ("pretrain", "finetune_full", "finetune_lora", "dpo", "dpo_trl")  # timed by bench_common.StepClock
 PROMPT = "The history of the printing press begins"
 BATCH_PROMPTS = [
     "Hi",
@@ -68,7 +68,7 @@ class Workload:
 def workloads(a: argparse.Namespace) -> dict[str, Workload]:
     """Every workload of the CPU/GPU side-by-side suite for the runner's arguments (shape, device, weights)."""
     out: dict[str, Workload] = {}
-    for part in (_training, _decoding, _processes):
+    for part in (_training, _preference, _decoding, _processes):
         out.update(part(a))
     return out
 
@@ -137,6 +137,22 @@ def _training(a: argparse.Namespace) -> dict[str, Workload]:
         needs=("init:SmolLM2-135M", "sft_long"),
     )
     return out
+
+
+def _preference(a: argparse.Namespace) -> dict[str, Workload]:
+    """DPO against TRL's DPOTrainer (both sides in our environment)."""
+    plabel = "bf16-mixed" if a.device == "cuda" else "fp32"
+    p = {**_base(a), "data": "real", "micro_batch": a.dpo_pairs, "seq_len": a.dpo_seq_len}
+    dpo = Workload(
+        "dpo",
+        f"DPO (sigmoid, beta 0.1) with LoRA r=8 (query, value), SmolLM2-135M-Instruct, {plabel}, {a.dpo_pairs} pairs "
+        f"per step (chosen and rejected in one batch), max_seq_length {a.dpo_seq_len}, bundled pairs, one epoch",
+        (Side("TRL DPOTrainer", "ours", "dpo_trl", p), Side("litgpt_lite", "ours", "dpo", p)),
+        [Metric("tokens_per_s", "real tokens/s (prompt + chosen, prompt + rejected)", True), *_memory(a, None)],
+        needs=("real",),
+        note="TRL 1.x with a PEFT LoRA (reference = adapters disabled), both sides in our environment",
+    )
+    return {"dpo": dpo}
 
 
 def _decode_weights(a: argparse.Namespace) -> tuple[str, dict[str, Any], tuple[str, ...]]:

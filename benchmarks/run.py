@@ -87,6 +87,8 @@ def resolve_params(side: Side, paths: dict[str, Any]) -> dict[str, Any]:
         p["hf_dir"] = paths["hf"]
     if side.fn == "pretrain":
         p["data_dir"] = paths["tokens"]
+    if side.fn == "dpo_trl":
+        p["hf_dir"] = paths["hf"]
     return p
 
 
@@ -512,6 +514,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sft-seq-len", type=int, default=512, help="max_seq_length of the SFT workload")
     p.add_argument("--chunked-ce", type=int, default=128, help="ours: --train.chunked_ce for the LoRA workloads")
     p.add_argument("--new-tokens", type=int, default=48, help="new tokens per decode")
+    p.add_argument("--dpo-pairs", type=int, default=4, help="preference pairs per DPO step (8 sequences)")
+    p.add_argument("--dpo-seq-len", type=int, default=128, help="max_seq_length of the DPO workload")
     p.add_argument("--litgpt-python", type=Path, default=DEFAULT_LITGPT_PYTHON, help="interpreter with litgpt")
     p.add_argument("--assets", type=Path, default=None, help="where shared weights/data go (default: a temp dir)")
     p.add_argument("--timeout", type=int, default=1200, help="seconds per process")

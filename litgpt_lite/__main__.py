@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "finetune_full": "litgpt_lite.train.finetune:finetune_full",
     "finetune_lora": "litgpt_lite.train.finetune:finetune_lora",
     "finetune": "litgpt_lite.train.finetune:finetune_lora",
+    "finetune_dpo": "litgpt_lite.train.dpo:finetune_dpo",
     "merge_lora": "litgpt_lite.merge_lora:merge_lora_cli",
     "generate": "litgpt_lite.generate_cli:generate",
     "chat": "litgpt_lite.chat:chat",

@@ -14,23 +14,35 @@ FIELDS = ("step", "epoch", "tokens", "loss", "lr", "tokens_per_sec", "mfu", "val
 
 
 class CSVMetrics:
-    """Appends one row per logged step to out_dir/logs/metrics.csv; on resume drops rows after the resumed step."""
+    """Appends one row per logged step to out_dir/logs/metrics.csv; on resume drops rows after the resumed step.
+
+    The columns are `FIELDS`, then any other numeric metric a recipe logs (DPO's rewards/...), added when it first
+    appears (the file is rewritten once with the wider header)."""
 
     def __init__(self, out_dir: Path, resume_step: int | None) -> None:
         self.path = Path(out_dir) / "logs" / CSV_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = read_metrics(self.path) if resume_step is not None and self.path.is_file() else []
         kept = [row for row in kept if int(row["step"]) <= (resume_step or 0)]
+        self.fields = list(FIELDS) + [k for k in (kept[0] if kept else {}) if k not in FIELDS]
+        self._rewrite(kept)
+
+    def _rewrite(self, rows: list[dict[str, str]]) -> None:
         with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer = csv.DictWriter(f, fieldnames=self.fields)
             writer.writeheader()
-            writer.writerows({k: row.get(k, "") for k in FIELDS} for row in kept)
+            writer.writerows({k: row.get(k, "") for k in self.fields} for row in rows)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        row = {k: metrics.get(k, "") for k in FIELDS}
+        new = [k for k, v in metrics.items() if k not in self.fields and isinstance(v, (int, float))]
+        if new:
+            rows = read_metrics(self.path)
+            self.fields += new
+            self._rewrite(rows)
+        row = {k: metrics.get(k, "") for k in self.fields}
         row["step"] = step
         with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=FIELDS).writerow(row)
+            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
 
     def close(self) -> None:
         pass

@@ -91,6 +91,19 @@ def micro_batches(
     return [flatten_packed(b) if flatten and "segment_ids" in b else b for b in batches]
 
 
+def objective(recipe: Recipe) -> tuple[Callable, Callable]:
+    """(loss_sum, count_targets) of a step: the recipe's own where it defines them (DPO: a loss summed over a micro
+    batch's preference pairs, and the number of pairs), else token cross-entropy and the number of target tokens.
+    The step's loss is sum / count over the global batch either way."""
+    return getattr(recipe, "loss_sum", loss_sum), getattr(recipe, "count_targets", count_targets)
+
+
+def recipe_metrics(fabric: Fabric, recipe: Recipe) -> dict[str, float]:
+    """Extra metrics a recipe gathered in `loss_sum` since the last call (its `pop_metrics`), for the logger."""
+    pop = getattr(recipe, "pop_metrics", None)
+    return pop(fabric) if pop is not None else {}
+
+
 def _all_sum(fabric: Fabric, value: float | int) -> float:
     if fabric.world_size == 1:
         return float(value)
@@ -124,6 +137,9 @@ def fit(
     """
     t = args.train
     accum = t.gradient_accumulation_iters(fabric.world_size)
+    step_loss_sum, step_count = objective(args.recipe)
+    if hasattr(args.recipe, "before_fit"):  # a pass over the data before training (DPO's reference log-probs)
+        args.recipe.before_fit(fabric, model, train_data, val_data, args, state)
     progress = Progress(fabric, args, state)
     if args.eval.initial_validation and val_data is not None and state.step == 0:
         progress.validated(_validate_and_log(fabric, model, val_data, args, state))
@@ -131,12 +147,12 @@ def fit(
         indices, state.epoch = step_indices(state.step, len(train_data), t.global_batch_size, args.seed)
         rank, world = fabric.global_rank, fabric.world_size
         batches = micro_batches(train_data, indices, rank, world, t.micro_batch_size, args.pad_id, args.flatten_packed)
-        targets = max(_all_sum(fabric, count_targets(batches)), 1.0)
+        targets = max(_all_sum(fabric, step_count(batches)), 1.0)
         step_loss = torch.zeros((), dtype=torch.float32)
         for i, batch in enumerate(batches):
             batch = {k: fabric.to_device(v) for k, v in batch.items()}
             with fabric.no_backward_sync(model, enabled=i < accum - 1):
-                s = loss_sum(fabric, model, batch, t.chunked_ce, args.split_head)
+                s = step_loss_sum(fabric, model, batch, t.chunked_ce, args.split_head)
                 # DDP/FSDP average gradients over ranks, so scale by world size: the result is sum / targets.
                 fabric.backward(s * fabric.world_size / targets)
             step_loss += s.detach().float().cpu()
@@ -151,7 +167,7 @@ def fit(
         loss = _all_sum(fabric, step_loss) / targets
         if state.first_loss is None:
             state.first_loss = loss
-        progress.step(loss, lr)
+        progress.step(loss, lr, recipe_metrics(fabric, args.recipe))
         _after_step(fabric, model, optimizer, scheduler, val_data, args, state, progress)
     if args.eval.final_validation and val_data is not None and state.step % args.eval.interval:
         progress.validated(_validate_and_log(fabric, model, val_data, args, state))
@@ -190,6 +206,7 @@ def validate(fabric: Fabric, model: torch.nn.Module, val_data: Dataset, args: Fi
     model.eval()
     mb, world, rank = args.train.micro_batch_size, fabric.world_size, fabric.global_rank
     total = count = 0.0
+    batch_loss_sum, batch_count = objective(args.recipe)
     n_batches = min(args.eval.max_iters, math.ceil(len(val_data) / mb))
     # Every rank runs the same number of forwards (FSDP all-gathers inside each); a rank past the end repeats
     # batch 0 and drops the result.
@@ -198,10 +215,10 @@ def validate(fabric: Fabric, model: torch.nn.Module, val_data: Dataset, args: Fi
         keep = b < n_batches
         idx = list(range(b * mb, min((b + 1) * mb, len(val_data)))) if keep else list(range(min(mb, len(val_data))))
         batch = {k: fabric.to_device(v) for k, v in collate([val_data[i] for i in idx], args.pad_id).items()}
-        s = float(loss_sum(fabric, model, batch, args.train.chunked_ce, args.split_head))
+        s = float(batch_loss_sum(fabric, model, batch, args.train.chunked_ce, args.split_head))
         if keep:
             total += s
-            count += count_targets([batch])
+            count += batch_count([batch])
     total, count = _all_sum(fabric, total), _all_sum(fabric, count)
     model.train(was_training)
     return total / max(count, 1.0)
@@ -213,17 +230,18 @@ def _validate_and_log(
     t0 = time.perf_counter()
     val_loss = validate(fabric, model, val_data, args)
     ppl = math.exp(min(val_loss, 50.0))
-    fabric.print(
-        f"validation | step {state.step} | val loss {val_loss:.4f} | val ppl {ppl:.2f} | "
-        f"{time.perf_counter() - t0:.1f}s"
-    )
+    # a recipe's own metrics (on several devices they count the batch a rank past the end repeats, too)
+    extra = {f"val_{k}": v for k, v in recipe_metrics(fabric, args.recipe).items()}
+    shown = "".join(f" | {k} {v:.4f}" for k, v in extra.items()) or f" | val ppl {ppl:.2f}"  # ppl: of token CE
+    fabric.print(f"validation | step {state.step} | val loss {val_loss:.4f}{shown} | {time.perf_counter() - t0:.1f}s")
     if args.sample is not None and args.eval.max_new_tokens > 0 and fabric.global_rank == 0:
         text = args.sample(model)
         if text is not None:
             fabric.print(f"sample | {text!r}")
     if args.metrics is not None:
         args.metrics.log(
-            {"val_loss": val_loss, "val_ppl": ppl, "epoch": state.epoch, "tokens": state.tokens}, state.step
+            {"val_loss": val_loss, **(extra or {"val_ppl": ppl}), "epoch": state.epoch, "tokens": state.tokens},
+            state.step,
         )
     return val_loss
 
@@ -240,7 +258,7 @@ class Progress:
         self.last_loss: float | None = None
         self.val_losses: list[float] = []  # this run's validations, for the closing summary
 
-    def step(self, loss: float, lr: float) -> None:
+    def step(self, loss: float, lr: float, extra: dict[str, float] | None = None) -> None:
         s, args = self.state, self.args
         self.last_loss = loss
         now = time.perf_counter()
@@ -252,6 +270,7 @@ class Progress:
             "tokens": s.tokens,
             "epoch": s.epoch,
             "tokens_per_sec": tok_s,
+            **(extra or {}),
         }
         mfu = None
         if args.flops_per_token and args.peak_flops:
@@ -264,6 +283,7 @@ class Progress:
         done = s.step - self.start_step
         eta = (now - self.t0) / done * (args.total_steps - s.step)
         line = f"step {s.step}/{args.total_steps} | loss {loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s"
+        line += "".join(f" | {k} {v:.4f}" for k, v in (extra or {}).items())
         if mfu is not None:
             line += f" | MFU {100 * mfu:.1f}%"
         self.fabric.print(f"{line} | ETA {_duration(eta)}")

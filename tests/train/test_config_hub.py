@@ -9,6 +9,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from litgpt_lite.data.base import DataModule
 from litgpt_lite.train.args import EvalArgs, TrainArgs
+from litgpt_lite.train.dpo import finetune_dpo
 from litgpt_lite.train.finetune import finetune_full, finetune_lora
 from litgpt_lite.train.optim import check_init_args, resolve_optimizer_class, split_spec
 from litgpt_lite.train.pretrain import pretrain
@@ -31,6 +32,8 @@ MODELS = [
 def _entrypoint(path: Path):
     if path.parent.name == "pretrain":
         return pretrain
+    if path.stem == "dpo":
+        return finetune_dpo
     return finetune_full if path.stem == "full" else finetune_lora
 
 
