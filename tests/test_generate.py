@@ -327,8 +327,13 @@ def _reference_sample(logits, params: SamplingParams, gen) -> int:
 
 
 def run_stream(model, tok, prompts, params, **kw) -> list[tuple[str, list[int], str]]:
-    texts, ids, reasons = [""] * len(prompts), [[] for _ in prompts], [None] * len(prompts)
-    for deltas in stream_generate(model, tok, prompts, params, **kw):
+    return collect(stream_generate(model, tok, prompts, params, **kw), len(prompts))
+
+
+def collect(steps, n_rows: int) -> list[tuple[str, list[int], str]]:
+    """Per row: the text, the token ids and the finish reason of a stream's deltas."""
+    texts, ids, reasons = [""] * n_rows, [[] for _ in range(n_rows)], [None] * n_rows
+    for deltas in steps:
         for d in deltas:
             texts[d.row] += d.text
             if d.token_id is not None:
@@ -452,3 +457,38 @@ def test_nf4_batch_one_decode_feeds_its_linears_single_contiguous_rows():
     assert len(decode) == 5 * len(linears)
     assert set(decode) == {(1, True, torch.bfloat16, False)}
     assert got == [reference_loop(model, tok, [1, 2, 3, 4], params)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["eager", "default", "reduce-overhead", "nf4"])
+def test_cuda_decode_steps_never_wait_for_the_device(mode):
+    """On CUDA, after the prefill, no decode step synchronizes with the device (torch's sync debug mode raises on
+    `.item()`, boolean indexing, a blocking copy ...): the host waits only on each step's token copy (an event). The
+    compiled steps (a CUDA graph under reduce-overhead) and batch-1 nf4 give the eager tokens."""
+    model = tiny("llama_gqa", block_size=64).cuda()
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [7, 8]]
+    params = [SamplingParams(max_new_tokens=n, **kw) for n, kw in zip((12, 5, 9), MIXED_PARAMS)]
+    if mode == "nf4":
+        pytest.importorskip("bitsandbytes")
+        from litgpt_lite.quantize import quantize_model
+
+        torch.manual_seed(0)
+        config = Config(block_size=64, vocab_size=50, padded_vocab_size=64, n_layer=2, n_head=4, n_embd=64,
+                        **{**VARIANTS["llama_gqa"], "intermediate_size": 128})  # fmt: skip
+        model = quantize_model(GPT(config).to("cuda", torch.bfloat16), "bnb.nf4").eval()
+        prompts, params = prompts[:1], SamplingParams(max_new_tokens=12)
+    expected = run_stream(model, tok, prompts, params)
+    if mode in ("default", "reduce-overhead"):
+        model.compile_decode(mode=mode)
+        run_stream(model, tok, prompts, params)  # compiles (and records the CUDA graph) outside the check
+    stream = stream_generate(model, tok, prompts, params)
+    first = next(stream)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rest = list(stream)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        model.decode_step = None
+    assert collect([first, *rest], len(prompts)) == expected
