@@ -7,7 +7,7 @@ greedy output is the same as generating that prompt alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -77,8 +77,18 @@ def stream_generate(
     tokenizer,
     prompts: Sequence[Sequence[int]],
     params: SamplingParams | Sequence[SamplingParams],
+    cancelled: Callable[[], Collection[int]] | None = None,
 ) -> Iterator[list[TokenDelta]]:
-    """Generate for a batch of tokenized prompts; yield, per step, the deltas of the rows that changed."""
+    """Generate for a batch of tokenized prompts; yield, per step, the deltas of the rows that changed.
+
+    Args:
+        model: a GPT (with `decode_step` set by `compile_decode` to decode with its compiled step).
+        tokenizer: what decodes the tokens: `decode_stream`, `decode` and `stop_ids`.
+        prompts: token ids per row (rows of different lengths are left-padded).
+        params: sampling parameters for every row, or one per row.
+        cancelled: called after every yield; the rows it names stop at once and yield nothing more (e.g. a server's
+            client that went away). They leave the batch like finished rows, freeing their KV-cache rows.
+    """
     B = len(prompts)
     per_row = list(params) if isinstance(params, Sequence) else [params] * B
     for p in per_row:
@@ -88,14 +98,14 @@ def stream_generate(
     check_prompt_lengths(lengths, block)
     T = max(lengths)
     budget = min(max(p.max_new_tokens for p in per_row), block - T)
-    rows = [_new_row(n, p, tokenizer) for n, p in zip(lengths, per_row)]
+    device = model.lm_head.weight.device
+    rows = [_new_row(n, p, tokenizer, device) for n, p in zip(lengths, per_row)]
     for row in rows:
         row.params = _clamp(row.params, block - row.prompt_len)
-    device = model.lm_head.weight.device
     compiled = getattr(model, "decode_step", None)  # a compiled step has static shapes: the cache size is in its graph
     model.set_kv_cache(B, cache_length(T + budget, block, static=compiled is not None))
     try:
-        yield from _decode(model, compiled, tokenizer, prompts, rows, T, budget, device)
+        yield from _decode(_DecodeBatch(model, compiled, prompts, T, device), tokenizer, rows, budget, cancelled)
     finally:
         model.clear_kv_cache()
 
@@ -109,10 +119,10 @@ def cache_length(needed: int, block_size: int, static: bool) -> int:
     return min(block_size, max(64, 1 << (needed - 1).bit_length()))
 
 
-def _new_row(prompt_len: int, params: SamplingParams, tokenizer) -> _Row:
+def _new_row(prompt_len: int, params: SamplingParams, tokenizer, device: torch.device) -> _Row:
     generator = None
-    if params.seed is not None:
-        generator = torch.Generator().manual_seed(params.seed)
+    if params.seed is not None:  # on the model's device: tokens are sampled there, without a host round trip
+        generator = torch.Generator(device=device).manual_seed(params.seed)
     return _Row(prompt_len, params, tokenizer.decode_stream(skip_special_tokens=True), generator)
 
 
@@ -123,44 +133,135 @@ def _clamp(params: SamplingParams, room: int) -> SamplingParams:
 
 
 def _decode(
-    model, compiled, tokenizer, prompts, rows: list[_Row], T: int, budget: int, device
+    batch: _DecodeBatch, tokenizer, rows: list[_Row], budget: int, cancelled: Callable[[], Collection[int]] | None
 ) -> Iterator[list[TokenDelta]]:
-    B = len(prompts)
-    pad_lens = torch.tensor([T - len(p) for p in prompts], device=device)
-    idx = torch.zeros(B, T, dtype=torch.long, device=device)
-    for b, p in enumerate(prompts):
-        idx[b, T - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-    has_pad = bool(pad_lens.any())
+    """The decode loop, one step ahead of the host: step t+1 is queued on the device before the host waits for step
+    t's token ids (copied without blocking), so the host's stop checks run while the device computes. A row's finish
+    is thus seen one step late: its token of that step is discarded (at most one wasted step per row); rows that
+    reach max_new_tokens are known in advance and cost nothing."""
     stop_ids = set(tokenizer.stop_ids or ())
     for row in rows:  # rows asking for nothing are done before any compute
         if row.params.max_new_tokens == 0:
             row.finish_reason = "length"
     if all(r.finish_reason for r in rows):
-        yield [TokenDelta(b, "", None, "length") for b in range(B)]
+        yield [TokenDelta(b, "", None, "length") for b in range(len(rows))]
         return
-    hidden = model(idx, input_pos=0, pad_lens=pad_lens if has_pad else None, return_hidden=True)
-    logits = model.logits(hidden[:, -1])  # (B, V)
-    live = list(range(B))  # batch slot -> row; finished rows leave the batch so no step is spent on them
-    # a compiled decode step has static shapes: it keeps its batch (no recompiles) and takes the position as a
-    # device tensor, advanced in place
-    step_fn = compiled or model
-    pos = torch.tensor(T, device=device) if compiled else T
+    copies = _HostCopies(len(rows), batch.device)
+    tokens = _sample(batch.prefill(), rows)  # (B,) on the device
+    pending = (list(batch.live), copies.start(tokens))
     for step in range(budget):
-        next_tokens = _sample(logits, [rows[b] for b in live])
-        deltas = [_advance(rows[b], b, int(next_tokens[i]), tokenizer, stop_ids) for i, b in enumerate(live)]
-        yield [d for d in deltas if d is not None]
-        keep = [i for i, b in enumerate(live) if not rows[b].finish_reason]
-        if not keep or step == budget - 1:
+        # rows that need step + 1: unfinished, not cancelled, and wanting more than the step + 1 tokens they will have
+        wanted = [b for b in batch.live if not rows[b].finish_reason and rows[b].params.max_new_tokens > step + 1]
+        launched = None
+        if wanted and step < budget - 1:
+            tokens = batch.keep(wanted, tokens)
+            tokens = _sample(batch.step(tokens), [rows[b] for b in batch.live])
+            launched = (list(batch.live), copies.start(tokens))
+        order, copy = pending
+        deltas = [_advance(rows[b], b, t, tokenizer, stop_ids) for b, t in zip(order, tokens_to_host(copy))]
+        deltas = [d for d in deltas if d is not None]
+        if deltas:
+            yield deltas
+        _cancel(rows, cancelled)
+        if launched is None:
             break
-        if len(keep) < len(live) and not compiled:
-            keep_t = torch.tensor(keep, device=device)
-            model.keep_kv_cache_rows(keep_t)
-            pad_lens, next_tokens = pad_lens[keep_t], next_tokens[keep]
-            live = [live[i] for i in keep]
-            has_pad = bool(pad_lens.any())
-        feed = next_tokens.view(len(live), 1).to(device)
-        logits = step_fn(feed, input_pos=pos, pad_lens=pad_lens if has_pad else None)[:, -1]
-        pos = pos.add_(1) if compiled else pos + 1
+        pending = launched
+
+
+def _cancel(rows: list[_Row], cancelled: Callable[[], Collection[int]] | None) -> None:
+    if cancelled is None:
+        return
+    for b in cancelled():
+        if 0 <= b < len(rows) and not rows[b].finish_reason:
+            rows[b].finish_reason = "cancelled"
+
+
+class _DecodeBatch:
+    """The device side of one generation: the rows in the batch, their left padding, the position, and the steps.
+
+    Finished rows leave the batch (their KV-cache rows are dropped) so no step is spent on them, except under a
+    compiled decode step: it has static shapes, so it keeps its batch (no recompiles) and takes the position as a
+    device tensor, advanced in place, so its graph (a CUDA graph under `mode="reduce-overhead"`) replays back to back
+    with nothing created on the host per step."""
+
+    def __init__(self, model, compiled, prompts: Sequence[Sequence[int]], T: int, device: torch.device) -> None:
+        self.model, self.compiled, self.prompts, self.T, self.device = model, compiled, prompts, T, device
+        self.live = list(range(len(prompts)))  # batch slot -> row
+        self.pads = [T - len(p) for p in prompts]  # on the host too: "any padding?" needs no device read
+        self.pad_lens = _to_device(self.pads, device)
+        self.pos: int | torch.Tensor = torch.tensor(T, device=device) if compiled else T
+
+    def _pad_arg(self) -> torch.Tensor | None:
+        return self.pad_lens if any(self.pads) else None
+
+    def prefill(self) -> torch.Tensor:
+        """Run the prompts through the model (filling the KV cache); the last position's logits (B, V)."""
+        idx = torch.zeros(len(self.prompts), self.T, dtype=torch.long)
+        for b, p in enumerate(self.prompts):
+            idx[b, self.T - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        hidden = self.model(idx.to(self.device), input_pos=0, pad_lens=self._pad_arg(), return_hidden=True)
+        return self.model.logits(hidden[:, -1])
+
+    def keep(self, rows: list[int], tokens: torch.Tensor) -> torch.Tensor:
+        """Shrink the batch to `rows` (a subsequence of `live`); return their entries of `tokens`."""
+        if rows == self.live or self.compiled:
+            return tokens
+        slot = {b: i for i, b in enumerate(self.live)}
+        keep = _to_device([slot[b] for b in rows], self.device)
+        self.model.keep_kv_cache_rows(keep)
+        self.pad_lens = self.pad_lens.index_select(0, keep)
+        self.pads = [self.pads[slot[b]] for b in rows]
+        self.live = rows
+        return tokens.index_select(0, keep)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One decode step for the batch's tokens (len(live),); the logits (len(live), V)."""
+        if self.compiled is None:
+            logits = self.model(tokens.view(-1, 1), input_pos=self.pos, pad_lens=self._pad_arg())[:, -1]
+            self.pos += 1
+            return logits
+        torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are consumed: reuse its memory
+        logits = self.compiled(tokens.view(-1, 1), input_pos=self.pos, pad_lens=self._pad_arg())[:, -1]
+        self.pos.add_(1)
+        return logits
+
+
+def _to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """Host ints as a device tensor, without waiting for the device's queued work (pinned, async copy on CUDA)."""
+    t = torch.tensor(values, dtype=torch.long)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class _HostCopies:
+    """Copies of each step's token ids to the host, started without blocking: pinned buffers and an event on CUDA
+    (a plain copy elsewhere). Two buffers used in turn: step t+1's copy is queued while step t's is read."""
+
+    def __init__(self, batch_size: int, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.buffers = [torch.empty(batch_size, dtype=torch.long, pin_memory=self.cuda) for _ in range(2)]
+        self.turn = 0
+
+    def start(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        buffer = self.buffers[self.turn][: tokens.shape[0]]
+        self.turn ^= 1
+        buffer.copy_(tokens, non_blocking=self.cuda)
+        if not self.cuda:
+            return buffer, None
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return buffer, event
+
+
+def tokens_to_host(copy: tuple[torch.Tensor, torch.cuda.Event | None]) -> list[int]:
+    """The token ids of a started copy (`_HostCopies.start`), waiting for it: the decode loop's one host read per
+    step."""
+    buffer, event = copy
+    if event is not None:
+        event.synchronize()
+    return buffer.tolist()
 
 
 def _advance(row: _Row, b: int, token: int, tokenizer, stop_ids: set[int]) -> TokenDelta | None:
@@ -220,18 +321,22 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 
 def _sample(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-    """One token per row, each with its own sampling parameters and generator."""
-    out = torch.empty(logits.shape[0], dtype=torch.long)
+    """One token per row (B,), on the logits' device, each row with its own sampling parameters and generator."""
+    if all(row.params.temperature == 0 for row in rows):
+        return logits.argmax(-1)
     logits = logits.float()
-    for b, row in enumerate(rows):
-        out[b] = sample_token(logits[b], row.params, row.generator)
-    return out
+    return torch.stack([_sample_one(logits[b], row.params, row.generator) for b, row in enumerate(rows)])
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> int:
     """Greedy when temperature is 0; else temperature, top-k and top-p (nucleus) sampling."""
+    return int(_sample_one(logits.float(), params, generator))
+
+
+def _sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """`sample_token` as a 0-dim device tensor: nothing in it waits for the device."""
     if params.temperature == 0:
-        return int(torch.argmax(logits))
+        return logits.argmax()
     logits = logits / params.temperature
     if params.top_k is not None and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k).values[-1]
@@ -241,9 +346,11 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
         sorted_probs, order = torch.sort(probs, descending=True)
         cumulative = sorted_probs.cumsum(-1)
         drop = cumulative - sorted_probs > params.top_p  # keep the smallest set whose mass reaches top_p
-        sorted_probs[drop] = 0
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0))
+    # torch.multinomial's own one-sample draw (argmax of probs over exponential noise: the same tokens from the same
+    # generator state), without its validity checks, which read the device from the host
+    noise = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / noise).argmax()
 
 
 # ---------------------------------------------------------------- conveniences over the stream

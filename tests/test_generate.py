@@ -2,7 +2,9 @@
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from litgpt_lite import generate
 from litgpt_lite.config import Config
 from litgpt_lite.errors import UserError
 from litgpt_lite.generate import (
@@ -262,3 +264,214 @@ def test_sampling_is_seeded():
 
     assert run(1) == run(1)
     assert run(1) != run(2)
+
+
+# ---------------------------------------------------------------- the pipelined decode loop against a plain one
+def reference_loop(model, tok, prompt: list[int], params: SamplingParams) -> tuple[str, list[int], str]:
+    """One prompt alone, one token at a time, each token read on the host before the next step: the loop the core
+    had before it ran a step ahead. Sampling as it did: torch.multinomial on the CPU with the row's seeded generator.
+    Returns (text, reported token ids, finish reason), as the stream reports them."""
+    gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+    step = model.decode_step or model  # a compiled step takes its position as a tensor
+    model.set_kv_cache(1, cache_length(len(prompt) + params.max_new_tokens, 64, static=model.decode_step is not None))
+    try:
+        logits = model(torch.tensor([prompt]), input_pos=0)[0, -1]
+        out: list[int] = []
+        for i in range(params.max_new_tokens):
+            token = _reference_sample(logits.float(), params, gen)
+            if token in tok.stop_ids:
+                return tok.decode(out), out, "stop"
+            out.append(token)
+            text = tok.decode(out)
+            cuts = [text.find(s) for s in params.stop if s in text]
+            if cuts:
+                return text[: min(cuts)], out[:-1], "stop"
+            pos = len(prompt) + i
+            logits = step(torch.tensor([[token]]), input_pos=torch.tensor(pos) if model.decode_step else pos)[0, -1]
+        return tok.decode(out), out, "length"
+    finally:
+        model.clear_kv_cache()
+
+
+def _reference_sample(logits, params: SamplingParams, gen) -> int:
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    logits = logits / params.temperature
+    if params.top_k is not None:
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > params.top_p
+        sorted_probs[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def run_stream(model, tok, prompts, params, **kw) -> list[tuple[str, list[int], str]]:
+    return collect(stream_generate(model, tok, prompts, params, **kw), len(prompts))
+
+
+def collect(steps, n_rows: int) -> list[tuple[str, list[int], str]]:
+    """Per row: the text, the token ids and the finish reason of a stream's deltas."""
+    texts, ids, reasons = [""] * n_rows, [[] for _ in range(n_rows)], [None] * n_rows
+    for deltas in steps:
+        for d in deltas:
+            texts[d.row] += d.text
+            if d.token_id is not None:
+                ids[d.row].append(d.token_id)
+            reasons[d.row] = d.finish_reason or reasons[d.row]
+    return list(zip(texts, ids, reasons))
+
+
+MIXED_PARAMS = [
+    dict(),  # greedy
+    dict(temperature=0.8, top_k=20, top_p=0.9, seed=11),
+    dict(temperature=1.2, seed=12),
+    dict(temperature=0.7, top_p=0.8, seed=13),
+]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_pipelined_batch_equals_a_plain_loop_per_prompt(compiled):
+    """Greedy and seeded sampled rows in one batch (left padding), with a stop token and stop strings: every row's
+    text, token ids and finish reason are the plain loop's, eager and with the compiled decode step."""
+    model = tiny("llama_gqa", block_size=64)
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(1, 50, (n,), generator=gen).tolist() for n in (3, 9, 6, 4)]
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    free = [SamplingParams(max_new_tokens=14, **kw) for kw in MIXED_PARAMS]
+    texts = [reference_loop(model, tok, p, sp)[0] for p, sp in zip(prompts, free)]
+    # a stop token from row 0's 6th token, and a two-character stop string from row 3's text, across a token boundary
+    tok.stop_ids = {reference_loop(model, tok, prompts[0], free[0])[1][5]}
+    params = [SamplingParams(max_new_tokens=14, stop=[texts[3][7:9], "zzzz"], **kw) for kw in MIXED_PARAMS]
+    if compiled:
+        model.compile_decode()
+    try:
+        expected = [reference_loop(model, tok, p, sp) for p, sp in zip(prompts, params)]
+        assert run_stream(model, tok, prompts, params) == expected
+    finally:
+        model.decode_step = None
+    assert {r for _, _, r in expected} == {"stop", "length"}  # both ways to finish happen
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the ops that read a device value on the host (`.item()`, `int(t)`, `bool(t)`; boolean indexing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default):
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_one_host_copy_per_decode_step(monkeypatch):
+    """The whole generation (prefill, sampling, stop checks, rows leaving the batch) reads nothing from the device
+    but one copy of each step's token ids: no `.item()`, `int(tensor)`, boolean index or extra `tolist`."""
+    model = tiny("gemma2_softcap", block_size=64)
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [7, 8]]
+    params = [SamplingParams(max_new_tokens=n, **kw) for n, kw in zip((9, 5, 7), MIXED_PARAMS)]
+    copies, tolists = [], []
+    monkeypatch.setattr(generate, "tokens_to_host", lambda copy, f=generate.tokens_to_host: copies.append(1) or f(copy))
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t, f=torch.Tensor.tolist: tolists.append(1) or f(t))
+    counter = SyncCounter()
+    with counter:
+        got = run_stream(model, tok, prompts, params)
+    assert [len(ids) for _, ids, _ in got] == [9, 5, 7]
+    assert counter.reads == 0
+    assert len(copies) == 9  # one per step: the longest row's 9 tokens
+    assert len(tolists) == len(copies)
+
+
+def test_cancelled_row_leaves_the_batch_and_the_others_are_unchanged():
+    """Row 1 of 3 is cancelled after 4 tokens: it yields nothing more, its KV-cache row is freed, and rows 0 and 2
+    give the tokens they give without the cancel."""
+    model = tiny("sliding_ring", block_size=64)
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [7, 8]]
+    params = SamplingParams(max_new_tokens=10)
+    free = run_stream(model, tok, prompts, params)
+    steps, cache_rows = [], []
+
+    def cancelled():
+        steps.append(1)
+        cache_rows.append(model.transformer.h[0].attn.kv_cache.k.shape[0])
+        return {1} if len(steps) >= 4 else set()
+
+    got = run_stream(model, tok, prompts, params, cancelled=cancelled)
+    assert got[0] == free[0] and got[2] == free[2]
+    assert got[1][1] == free[1][1][:4] and got[1][2] is None  # 4 tokens, then nothing (no finish reason either)
+    assert cache_rows[:5] == [3, 3, 3, 3, 2] and cache_rows[-1] == 2
+
+
+def test_nf4_batch_one_decode_feeds_its_linears_single_contiguous_rows():
+    """bitsandbytes takes its batch-1 4-bit inference kernel for one contiguous row in the compute dtype, without
+    autograd: every nf4 Linear of a batch-1 decode step gets such an input, and the tokens are the plain loop's."""
+    from litgpt_lite.quantize import quantize_model
+
+    pytest.importorskip("bitsandbytes")
+    torch.manual_seed(0)
+    config = Config(block_size=64, vocab_size=50, padded_vocab_size=64, n_layer=2, n_head=4, n_embd=64,
+                    **{**VARIANTS["llama_gqa"], "intermediate_size": 128})  # fmt: skip
+    model = quantize_model(GPT(config).to(torch.bfloat16), "bnb.nf4").eval()
+    linears = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert linears and all(m.compute_dtype == torch.bfloat16 for m in linears)
+    seen = []
+
+    def check(module, args):
+        x = args[0]
+        seen.append((x.shape[:-1].numel(), x.is_contiguous(), x.dtype, x.requires_grad or torch.is_grad_enabled()))
+
+    for m in linears:
+        m.register_forward_pre_hook(check)
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    params = SamplingParams(max_new_tokens=6)
+    got = run_stream(model, tok, [[1, 2, 3, 4]], params)
+    decode = seen[len(linears) :]  # after the prefill's 4-row calls
+    assert len(decode) == 5 * len(linears)
+    assert set(decode) == {(1, True, torch.bfloat16, False)}
+    assert got == [reference_loop(model, tok, [1, 2, 3, 4], params)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["eager", "default", "reduce-overhead", "nf4"])
+def test_cuda_decode_steps_never_wait_for_the_device(mode):
+    """On CUDA, after the prefill, no decode step synchronizes with the device (torch's sync debug mode raises on
+    `.item()`, boolean indexing, a blocking copy ...): the host waits only on each step's token copy (an event). The
+    compiled steps (a CUDA graph under reduce-overhead) and batch-1 nf4 give the eager tokens."""
+    model = tiny("llama_gqa", block_size=64).cuda()
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [7, 8]]
+    params = [SamplingParams(max_new_tokens=n, **kw) for n, kw in zip((12, 5, 9), MIXED_PARAMS)]
+    if mode == "nf4":
+        pytest.importorskip("bitsandbytes")
+        from litgpt_lite.quantize import quantize_model
+
+        torch.manual_seed(0)
+        config = Config(block_size=64, vocab_size=50, padded_vocab_size=64, n_layer=2, n_head=4, n_embd=64,
+                        **{**VARIANTS["llama_gqa"], "intermediate_size": 128})  # fmt: skip
+        model = quantize_model(GPT(config).to("cuda", torch.bfloat16), "bnb.nf4").eval()
+        prompts, params = prompts[:1], SamplingParams(max_new_tokens=12)
+    expected = run_stream(model, tok, prompts, params)
+    if mode in ("default", "reduce-overhead"):
+        model.compile_decode(mode=mode)
+        run_stream(model, tok, prompts, params)  # compiles (and records the CUDA graph) outside the check
+    stream = stream_generate(model, tok, prompts, params)
+    first = next(stream)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rest = list(stream)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        model.decode_step = None
+    assert collect([first, *rest], len(prompts)) == expected

@@ -3,8 +3,9 @@
 An inference worker (a process spawned by LitServe) runs `BatchingLoop`: it waits for a work item, gathers more for
 up to `batch_timeout` seconds (at most `max_batch_size`), and runs the whole batch as ONE `stream_generate` call with
 per-row sampling parameters. Each row's deltas go back to the API server that owns it. Between decode steps the loop
-reads which rows' clients went away (`WorkerChannel`): their output is dropped, and once every row still running is
-abandoned the generation stops, so the next batch starts at once.
+reads which rows' clients went away (`WorkerChannel`): their output is dropped and their rows leave the batch (the
+generation core cancels them, freeing their KV cache), and once every row still running is abandoned the generation
+stops, so the next batch starts at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import queue
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,9 @@ class GenerationAPI(ls.LitAPI):
 
     Subclass it to change what a worker does around generation (wrap the model, time the steps), and pass the
     subclass to `litgpt_lite.serve.run`.
+
+    `cancelled_rows` is set by the worker loop before each `predict` call: it returns the indices (into that call's
+    items) of the rows whose client went away, and `predict` hands it to the generation core, which drops them.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class GenerationAPI(ls.LitAPI):
         )  # fmt: skip
         self.channel = channel
         self.model = self.tokenizer = None
+        self.cancelled_rows: Callable[[], set[int]] = set
 
     def setup(self, device) -> None:
         from litgpt_lite.errors import UserError
@@ -117,7 +122,7 @@ class GenerationAPI(ls.LitAPI):
 
         params = [SamplingParams(**item["params"]) for item in items]
         prompts = [item["prompt"] for item in items]
-        yield from stream_generate(self.model, self.tokenizer, prompts, params)
+        yield from stream_generate(self.model, self.tokenizer, prompts, params, cancelled=self.cancelled_rows)
 
 
 def _log_to_stderr() -> None:
@@ -183,6 +188,8 @@ class BatchingLoop(LitLoop):
         start = time.perf_counter()
         status, payload = LitAPIStatus.FINISH_STREAMING, ""
         if live:
+            # read after every decode step, once the loop below has marked the rows whose client left
+            lit_api.cancelled_rows = lambda: {j for j, i in enumerate(live) if rows.gone[i]}
             steps = lit_api.predict([batch[i][3] for i in live])
             try:
                 for deltas in steps:
