@@ -183,7 +183,8 @@ def test_chat_in_a_browser(browser_page, faulty_server, tiny_checkpoint, tmp_pat
     assert answer == expected.choices[0].message.content
     assert page.text("#log li.assistant:last-child .note") == "Stopped at the token limit."
 
-    # turn 2: the request carries the whole conversation (as the browser sent it)
+    # turn 2, sampled: the request carries the whole conversation, as the browser sent it
+    page.type("#temperature", "1.5")
     page.type("#prompt", "And then?")
     page.send("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter", windowsVirtualKeyCode=13)
     page.wait_for(f"document.querySelectorAll('#log li').length === 4 && !({BUSY})", what="the second answer")
@@ -194,7 +195,8 @@ def test_chat_in_a_browser(browser_page, faulty_server, tiny_checkpoint, tmp_pat
         {"role": "assistant", "content": answer},
         {"role": "user", "content": "And then?"},
     ]
-    assert chats[1]["stream"] is True and chats[1]["max_tokens"] == 40 and chats[1]["model"] == tiny_checkpoint.name
+    assert chats[1]["stream"] is True and chats[1]["model"] == tiny_checkpoint.name
+    assert (chats[1]["temperature"], chats[1]["max_tokens"]) == (1.5, 40) and "temperature" not in chats[0]
 
     # Stop: a long answer ends at once on the page, and the server cancels its generation
     page.type("#temperature", "0.7")
