@@ -220,8 +220,10 @@ def test_chat_in_a_browser(browser_page, faulty_server, tiny_checkpoint, tmp_pat
         time.sleep(0.2)
     assert json.loads(page.requests[-1]["postData"])["temperature"] == 0.7
 
-    page.screenshot(tmp_path / "chat.png")
-    print(f"screenshot: {tmp_path / 'chat.png'}")
+    page.screenshot(tmp_path / "chat.png")  # the end of the conversation
+    page.js("document.querySelector('main').scrollTop = 0")
+    page.screenshot(tmp_path / "chat_top.png")  # its start: the first message, its markup shown as text
+    print(f"screenshots: {tmp_path / 'chat.png'}, {tmp_path / 'chat_top.png'}")
     assert (tmp_path / "chat.png").stat().st_size > 10_000
     outside = [r["url"] for r in page.requests if not r["url"].startswith(server.url)]
     assert not outside, f"the page fetched from outside its server: {outside}"
