@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from litgpt_lite.errors import UserError
 from litgpt_lite.serve.encoding import TokenizerHelper
 from litgpt_lite.serve.openai import BodyLimitMiddleware, http_error_handler, server_error_handler
-from litgpt_lite.serve.spec import OpenAIServeSpec
+from litgpt_lite.serve.spec import OpenAIServeSpec, chat_page
 from litgpt_lite.serve.worker import BatchingLoop, GenerationAPI, WorkerChannel
 
 API_KEY_ENV = "LITGPT_LITE_API_KEY"
@@ -72,7 +72,8 @@ def serve(
     max_choices: int = 16,
     kernels: str = "auto",
 ) -> None:
-    """Serve a checkpoint over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models and /health.
+    """Serve a checkpoint over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /health), with a chat
+    page at /.
 
     Args:
         checkpoint_dir: the checkpoint directory to serve.
@@ -118,7 +119,8 @@ def run(settings: ServeSettings, api_class: type[GenerationAPI] = GenerationAPI)
         signal.signal(signal.SIGTERM, partial(_on_stop_signal, os.getpid()))
         signal.signal(signal.SIGINT, partial(_on_stop_signal, os.getpid()))
         key = f"; requests need the API key from {api_key_source}" if api_key_source else ""
-        print(f"Serving {s.checkpoint_dir} at http://{s.host}:{s.port}/v1 (OpenAI API){key}; Ctrl-C stops", flush=True)
+        url = f"http://{s.host}:{s.port}"
+        print(f"Serving {s.checkpoint_dir} at {url}/v1 (OpenAI API), chat page {url}/{key}; Ctrl-C stops", flush=True)
         _run_until_stopped(server, s, channel)
     finally:
         # LitServe's worker monitor thread notices the stopped manager only after run() returns; its traceback
@@ -186,10 +188,17 @@ def _build_server(
         timeout=False,
         middlewares=[(BodyLimitMiddleware, {"max_bytes": s.max_request_bytes})],
     )
+    _route_chat_page(server.app)
     server.app.add_exception_handler(HTTPException, http_error_handler)  # 404, 405, 413: OpenAI's error shape
     server.app.add_exception_handler(Exception, server_error_handler)
     server.uvicorn_graceful_timeout = 3  # on shutdown, open requests get 3 s (LitServe's 30 s outlasts a SIGTERM)
     return server
+
+
+def _route_chat_page(app) -> None:
+    """GET / is the chat page, in place of LitServe's own "litserve running" (registered ahead of any spec route)."""
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/"]
+    app.add_api_route("/", chat_page, methods=["GET"], include_in_schema=False)
 
 
 def _run_until_stopped(server: ls.LitServer, s: ServeSettings, channel: WorkerChannel) -> None:

@@ -9,14 +9,16 @@ goes away before its answer is complete, the rows still running are posted to th
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import importlib.resources
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from litserve.specs.base import LitSpec
 from litserve.utils import ResponseBufferItem
 from starlette.requests import ClientDisconnect
@@ -235,6 +237,27 @@ async def _disconnected(request: Request) -> None:
     """Returns when the client closes its connection (the body has been read, so the next message says so)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+# The chat page may fetch nothing but this server's own API: no CDN, no third-party request, ever.
+CHAT_PAGE_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:;"
+    " base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@functools.cache
+def _chat_page_html() -> str:
+    return importlib.resources.files("litgpt_lite.serve").joinpath("chat.html").read_text(encoding="utf-8")
+
+
+async def chat_page(request: Request) -> HTMLResponse:
+    """GET /: the chat page (chat.html), one self-contained file that talks to /v1/models and /v1/chat/completions.
+
+    It needs no API key itself: the page asks for one when /v1/models answers 401.
+    """
+    headers = {"Content-Security-Policy": CHAT_PAGE_POLICY, "X-Content-Type-Options": "nosniff"}
+    return HTMLResponse(_chat_page_html(), headers=headers)
 
 
 def _pick(value, default):
