@@ -101,14 +101,19 @@ def convert_to_litgpt(
     return out_dir
 
 
-def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | None = None) -> Path:
+def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | None = None, format: str = "hf") -> Path:
     """Write a complete Hugging Face folder that `AutoModelForCausalLM.from_pretrained` loads directly.
 
     Args:
         checkpoint_dir: a litgpt_lite checkpoint directory.
-        output_dir: the HF folder to write (config.json, model.safetensors sharded past 5 GB, tokenizer files).
+        output_dir: the HF folder to write (config.json, model.safetensors sharded past 5 GB, tokenizer files),
+            or with --format gguf the .gguf file.
         dtype: store the weights in this dtype (float32, bf16, fp16); default keeps the checkpoint's dtype.
+            With --format gguf: f32, f16, bf16 or q8_0.
+        format: hf (a Hugging Face folder) or gguf (one file for llama.cpp, Ollama, LM Studio).
     """
+    if format != "hf":
+        return _export_other_format(checkpoint_dir, output_dir, dtype, format)
     import torch
     from tqdm import tqdm
 
@@ -171,6 +176,14 @@ def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | Non
 
 
 # ---------------------------------------------------------------- helpers
+def _export_other_format(checkpoint_dir: Path, out: Path, dtype: str | None, fmt: str) -> Path:
+    if fmt != "gguf":
+        raise UserError(f"Unknown --format {fmt!r}: choose hf or gguf")
+    from litgpt_lite.convert.gguf_export import export_gguf
+
+    return export_gguf(checkpoint_dir, out, dtype)
+
+
 def _hf_folder_config(checkpoint_dir: Path, model_name: str | None):
     """Our Config for an HF model folder (from its config.json, or the registered `model_name`)."""
     from litgpt_lite.config import Config
