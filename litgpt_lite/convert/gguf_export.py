@@ -561,7 +561,7 @@ def _special_metadata(tokenizer, data: dict[str, Any] | None, tokens: list[str])
     for kind, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id")):
         if getattr(tokenizer, f"{kind}_id") is not None:
             out[f"tokenizer.ggml.{key}"] = int(getattr(tokenizer, f"{kind}_id"))
-    unk = (data or {}).get("model", {}).get("unk_token")
+    unk = (data or {}).get("model", {}).get("unk_token") or _config_token(tokenizer.checkpoint_dir, "unk_token")
     if unk is not None and unk in tokens:
         out["tokenizer.ggml.unknown_token_id"] = tokens.index(unk)
     other_stops = sorted(tokenizer.stop_ids - {tokenizer.eos_id})
@@ -572,3 +572,10 @@ def _special_metadata(tokenizer, data: dict[str, Any] | None, tokens: list[str])
     if tokenizer.chat_template:
         out["tokenizer.chat_template"] = tokenizer.chat_template
     return out
+
+
+def _config_token(checkpoint_dir: Path, key: str) -> str | None:
+    """A special token's text from tokenizer_config.json (a string, or an AddedToken dict)."""
+    path = checkpoint_dir / "tokenizer_config.json"  # valid JSON: our Tokenizer has read it already
+    value = json.loads(path.read_text(encoding="utf-8")).get(key) if path.is_file() else None
+    return value.get("content") if isinstance(value, dict) else value
