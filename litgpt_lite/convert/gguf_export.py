@@ -538,7 +538,7 @@ def _sentencepiece_model_vocab(checkpoint_dir: Path, data: dict[str, Any] | None
         scores.append(sp.get_score(i))
         checks = ((sp.is_unknown, UNKNOWN), (sp.is_control, CONTROL), (sp.is_unused, UNUSED), (sp.is_byte, BYTE))
         types.append(next((kind for check, kind in checks if check(i)), NORMAL))
-    for token in (data or {}).get("added_tokens", []):
+    for token in _added_tokens(checkpoint_dir, data):
         i = int(token["id"])
         while i >= len(tokens):
             tokens.append(f"[PAD{len(tokens)}]")
@@ -553,6 +553,15 @@ def _sentencepiece_model_vocab(checkpoint_dir: Path, data: dict[str, Any] | None
         "tokenizer.ggml.add_space_prefix": prefix,
     }
     return _Vocab(tokens, types, scores=scores, extra=extra)
+
+
+def _added_tokens(checkpoint_dir: Path, data: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Added tokens with ids: tokenizer.json's, else tokenizer_config.json's `added_tokens_decoder` (as HF reads)."""
+    if data is not None:
+        return data.get("added_tokens", [])
+    path = checkpoint_dir / "tokenizer_config.json"  # valid JSON: our Tokenizer has read it already
+    decoder = json.loads(path.read_text(encoding="utf-8")).get("added_tokens_decoder", {}) if path.is_file() else {}
+    return [{**entry, "id": int(i)} for i, entry in decoder.items() if str(i).isdigit() and "content" in entry]
 
 
 def _special_metadata(tokenizer, data: dict[str, Any] | None, tokens: list[str]) -> dict[str, Any]:

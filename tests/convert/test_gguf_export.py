@@ -5,6 +5,7 @@ generating exactly as we do."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -211,6 +212,35 @@ def _spm_meta_types(meta: dict) -> dict:
         else:
             types.append(1)
     return {"tokenizer.ggml.token_type": types}
+
+
+def test_sentencepiece_model_checkpoint_exports_its_pieces_and_scores(tmp_path, tiny, spm_model):
+    """A checkpoint with tokenizer.model and no tokenizer.json (as Gemma and Llama 2 ship): the GGUF gets the
+    SentencePiece pieces, scores and types, and the turn markers of added_tokens_decoder as control tokens."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny("gemma3"), ckpt)
+    (ckpt / "tokenizer.json").unlink()
+    (ckpt / "tokenizer.model").write_bytes(spm_model.serialized_model_proto())
+    turns = {
+        str(spm_model.piece_to_id(t)): {"content": t, "special": True} for t in ("<start_of_turn>", "<end_of_turn>")
+    }
+    config = dict(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>", add_bos_token=True)
+    (ckpt / "tokenizer_config.json").write_text(json.dumps({**config, "added_tokens_decoder": turns}))
+    meta = open_gguf(convert_from_litgpt(ckpt, tmp_path / "g.gguf", format="gguf")).metadata
+    n = spm_model.get_piece_size()
+    assert meta["tokenizer.ggml.tokens"][:n] == [spm_model.id_to_piece(i) for i in range(n)]
+    scores = [spm_model.get_score(i) for i in range(n)]
+    turn_ids = {int(i) for i in turns}
+    assert all(meta["tokenizer.ggml.scores"][i] == np.float32(s) for i, s in enumerate(scores) if i not in turn_ids)
+    assert [meta["tokenizer.ggml.token_type"][i] for i in sorted(turn_ids)] == [3, 3]
+    assert meta["tokenizer.ggml.add_bos_token"] is True and meta["tokenizer.ggml.bos_token_id"] == 2
+    back = convert_to_litgpt(tmp_path / "g.gguf", out_dir=tmp_path / "back")
+    tok = Tokenizer(back)
+    for text in GEMMA_TEXTS:  # what llama.cpp will make of the file, read back by our importer
+        assert tok.encode(text) == [2, *spm_model.encode(text)], text
+    assert tok.encode("<start_of_turn>hi")[:2] == [2, spm_model.piece_to_id("<start_of_turn>")]
 
 
 # ---------------------------------------------------------------- f16 / bf16 / q8_0
