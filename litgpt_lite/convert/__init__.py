@@ -9,19 +9,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from litgpt_lite.convert.dtypes import DTYPES
 from litgpt_lite.errors import UserError
 
-DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-    "16-true": "float16",
-    "bf16-true": "bfloat16",
-    "32-true": "float32",
-}
 HF_SHARD_BYTES = 5 * 1024**3
 
 
@@ -106,11 +96,9 @@ def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | Non
 
     Args:
         checkpoint_dir: a litgpt_lite checkpoint directory.
-        output_dir: the HF folder to write (config.json, model.safetensors sharded past 5 GB, tokenizer files),
-            or with --format gguf the .gguf file.
-        dtype: store the weights in this dtype (float32, bf16, fp16); default keeps the checkpoint's dtype.
-            With --format gguf: f32, f16, bf16 or q8_0.
-        format: hf (a Hugging Face folder) or gguf (one file for llama.cpp, Ollama, LM Studio).
+        output_dir: the HF folder to write (config.json, model.safetensors sharded past 5 GB, tokenizer files).
+        dtype: store the weights in this dtype (float32, bf16, fp16; gguf: f32, f16, bf16, q8_0); default: as stored.
+        format: hf, or gguf: `output_dir` is then the .gguf file to write, for llama.cpp, Ollama, LM Studio.
     """
     if format != "hf":
         return _export_other_format(checkpoint_dir, output_dir, dtype, format)
@@ -140,13 +128,8 @@ def convert_from_litgpt(checkpoint_dir: Path, output_dir: Path, dtype: str | Non
     with atomic_dir(output_dir) as tmp:
         shards: list[tuple[Path, list[str]]] = []
         writer, names, total, first_dtype_seen = None, [], 0, []
-        progress = tqdm(
-            ((k, load()) for k, load in state.items()),
-            total=len(state),
-            desc="convert_from_litgpt",
-            unit="tensor",
-            disable=None,
-        )
+        loads = ((k, load()) for k, load in state.items())
+        progress = tqdm(loads, total=len(state), desc="convert_from_litgpt", unit="tensor", disable=None)
         for name, tensor in convert_tensors(config.architecture, config, progress, to="hf"):
             if torch_dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(torch_dtype)

@@ -44,7 +44,7 @@ def convert_gguf(path: str | Path, out_dir: str | Path | None = None, dtype: str
     import torch
 
     from litgpt_lite.checkpoint import CONFIG, WEIGHTS, atomic_dir
-    from litgpt_lite.convert import DTYPES
+    from litgpt_lite.convert.dtypes import DTYPES
     from litgpt_lite.convert.gguf_tokenizer import tokenizer_files
 
     path = Path(path)
