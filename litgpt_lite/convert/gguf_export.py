@@ -490,9 +490,10 @@ def _sentencepiece_json_vocab(data: dict[str, Any]) -> _Vocab:
         )
     tokens, added = _by_id(data)
     ids = {t: i for i, t in enumerate(tokens)}
-    scores = [0.0] * len(tokens)
+    merges = model.get("merges", [])
+    scores = [-float(len(merges))] * len(tokens)  # below every merge: a piece no merge makes is never preferred
     seen = set()
-    for rank, merge in enumerate(model.get("merges", [])):
+    for rank, merge in enumerate(merges):
         left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
         i = ids.get(left + right)
         if i is not None and i not in seen:
