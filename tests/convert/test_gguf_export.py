@@ -386,3 +386,30 @@ def test_llama_cpp_greedy_tokens_equal_ours(smollm2_ckpt, smollm2_f32_gguf):
             if len(theirs) == 32:
                 break
         assert theirs == ours, prompt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_llama_cpp_runs_tiny_exports_like_us(tmp_path, tiny, arch):
+    """llama.cpp loads each architecture's f32 export (Llama 3 rope_freqs, Qwen 2 biases, Gemma 3's 1 + w norms and
+    sliding layers), gives our logits, and tokenizes as our Tokenizer does."""
+    from litgpt_lite.checkpoint import load_model
+
+    llama_cpp = _llama_cpp()
+    ckpt = tiny(arch)
+    path = convert_from_litgpt(ckpt, tmp_path / f"{arch}.gguf", dtype="f32", format="gguf")
+    llama = llama_cpp.Llama(
+        model_path=str(path), n_ctx=64, n_threads=2, type_k=0, type_v=0, logits_all=True, verbose=False
+    )
+    ours = Tokenizer(ckpt)
+    for text in ["the theme in a test", "Hello world, this is a test.", "line one\nline two"]:
+        assert llama.tokenize(text.encode(), add_bos=ours.add_bos, special=True) == ours.encode(text), text
+    ids = torch.randint(0, ours.vocab_size, (12,), generator=torch.Generator().manual_seed(0)).tolist()
+    llama.reset()
+    llama.eval(ids)
+    theirs = torch.from_numpy(np.array(llama.scores[: len(ids)]))
+    with torch.no_grad():
+        expected = load_model(ckpt)(torch.tensor([ids]))[0]
+    # ggml's CPU GELU reads a float16 table: Gemma's logits move by up to ~1e-3; SiLU models agree to ~1e-7
+    tolerance = 5e-3 if arch == "gemma3" else 1e-4
+    torch.testing.assert_close(theirs, expected, rtol=tolerance, atol=tolerance)
