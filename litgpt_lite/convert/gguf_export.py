@@ -112,6 +112,8 @@ class _Planned:
 
 def _source_tensors(checkpoint_dir: Path, config) -> dict[str, _Source]:
     """Our tensors by name, with shapes and dtypes from the safetensors header (nothing is read yet)."""
+    import torch
+
     from litgpt_lite.checkpoint import WEIGHTS, SafetensorsReader, iter_checkpoint_tensors
 
     if (checkpoint_dir / WEIGHTS).is_file():
@@ -119,8 +121,6 @@ def _source_tensors(checkpoint_dir: Path, config) -> dict[str, _Source]:
         dtypes = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
         out = {}
         for name, entry in reader.entries.items():
-            import torch
-
             dtype = getattr(torch, dtypes.get(entry["dtype"], "float32"))
             out[name] = _Source(tuple(entry["shape"]), dtype, lambda n=name: reader.get_tensor(n))
     else:  # LitGPT's .pth, memory-mapped

@@ -265,6 +265,17 @@ def test_reduced_precision_exports(tmp_path, tiny, dtype, ggml, tolerance):
             assert err > 0.0, name  # it really was stored at lower precision
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_bf16_checkpoint_exports_as_bf16_by_default_and_reads_back_exactly(tmp_path, tiny, arch):
+    ckpt = tmp_path / "bf16"
+    convert_to_litgpt(convert_from_litgpt(tiny(arch), tmp_path / "f32.gguf", format="gguf"), dtype="bf16", out_dir=ckpt)
+    out = convert_from_litgpt(ckpt, tmp_path / "m.gguf", format="gguf")  # no --dtype: the checkpoint's own
+    assert open_gguf(out).metadata["general.file_type"] == 32
+    back = _tensors(convert_to_litgpt(out, dtype="bf16", out_dir=tmp_path / "back"))
+    for name, tensor in _tensors(ckpt).items():
+        assert tensor.dtype == torch.bfloat16 and torch.equal(back[name], tensor), name
+
+
 def test_q8_0_keeps_rows_that_are_not_whole_blocks_in_f16():
     from litgpt_lite.convert.gguf_export import encode_tensor
 
