@@ -94,18 +94,21 @@ def convert_to_litgpt(
 
 
 def convert_from_litgpt(
-    checkpoint_dir: Path, output_dir: Path, dtype: str | None = None, merge: bool | None = None
+    checkpoint_dir: Path, output_dir: Path, dtype: str | None = None, merge: bool | None = None, format: str = "hf"
 ) -> Path:
     """Write a complete Hugging Face folder that `AutoModelForCausalLM.from_pretrained` loads directly.
 
     Args:
         checkpoint_dir: a litgpt_lite checkpoint directory, or a LoRA fine-tuning output dir.
         output_dir: the HF folder to write (config.json, model.safetensors sharded past 5 GB, tokenizer files).
-        dtype: store the weights in this dtype (float32, bf16, fp16); default keeps the checkpoint's dtype.
+        dtype: store the weights in this dtype (float32, bf16, fp16; gguf: f32, f16, bf16, q8_0); default: as stored.
         merge: for a LoRA dir: false writes a PEFT adapter folder (adapter_config.json, adapter_model.safetensors)
             for the base's HF export; true merges the adapters into the base and writes the full model. Default:
             the PEFT adapter for a dir holding adapters only, the full model for a dir with full weights.
+        format: hf, or gguf: `output_dir` is then the .gguf file to write, for llama.cpp, Ollama, LM Studio.
     """
+    if format != "hf":
+        return _export_other_format(checkpoint_dir, output_dir, dtype, format)
     if (lora_export := _lora_export(Path(checkpoint_dir), Path(output_dir), dtype, merge)) is not None:
         return lora_export
     from tqdm import tqdm
@@ -131,13 +134,8 @@ def convert_from_litgpt(
     with atomic_dir(output_dir) as tmp:
         shards: list[tuple[Path, list[str]]] = []
         writer, names, total, first_dtype_seen = None, [], 0, []
-        progress = tqdm(
-            ((k, load()) for k, load in state.items()),
-            total=len(state),
-            desc="convert_from_litgpt",
-            unit="tensor",
-            disable=None,
-        )
+        loads = ((k, load()) for k, load in state.items())
+        progress = tqdm(loads, total=len(state), desc="convert_from_litgpt", unit="tensor", disable=None)
         for name, tensor in convert_tensors(config.architecture, config, progress, to="hf"):
             if torch_dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(torch_dtype)
@@ -167,6 +165,14 @@ def convert_from_litgpt(
 
 
 # ---------------------------------------------------------------- helpers
+def _export_other_format(checkpoint_dir: Path, out: Path, dtype: str | None, fmt: str) -> Path:
+    if fmt != "gguf":
+        raise UserError(f"Unknown --format {fmt!r}: choose hf or gguf")
+    from litgpt_lite.convert.gguf_export import export_gguf
+
+    return export_gguf(checkpoint_dir, out, dtype)
+
+
 def _hf_folder_config(checkpoint_dir: Path, model_name: str | None):
     """Our Config for an HF model folder (from its config.json, or the registered `model_name`)."""
     from litgpt_lite.config import Config
