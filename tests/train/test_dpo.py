@@ -35,6 +35,14 @@ RECORDS = [
 ]
 
 
+def _logged(out_dir) -> list[dict[str, float]]:
+    """The run's logged rows (logs/metrics.csv) with their numbers as floats; empty cells left out."""
+    from litgpt_lite.train.loggers import read_metrics
+
+    rows = read_metrics(out_dir / "logs" / "metrics.csv")
+    return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in rows]
+
+
 def _fabric():
     import lightning as L
 
@@ -58,8 +66,9 @@ def tiny_models(tmp_path_factory):
     """A tiny random Llama (HF), our conversion of it with random LoRA adapters (the policy), and the HF model of
     the merged policy: reference = the HF base, policy = the HF merge."""
     transformers = pytest.importorskip("transformers")
-    from litgpt_lite.checkpoint import load_model, save_checkpoint
+    from litgpt_lite.checkpoint import save_checkpoint
     from litgpt_lite.convert import convert_from_litgpt, convert_to_litgpt
+    from litgpt_lite.loading import load_model
     from litgpt_lite.lora import LoRARecipe, merge_lora_modules
 
     root = tmp_path_factory.mktemp("dpo_parity")
@@ -238,10 +247,10 @@ def test_first_step_loss_is_ln2_and_metrics_are_logged(quantize, tiny_ckpt, tmp_
     if quantize:
         pytest.importorskip("bitsandbytes")
         ckpt = tiny_checkpoint(tmp_path / "wide", n_embd=64, intermediate_size=128)  # 4-bit blocks of 64
-    result = finetune_dpo(
+    finetune_dpo(
         ckpt, out_dir=tmp_path / "out", quantize=quantize, train=train_args(2), eval=QUICK_EVAL, precision="32-true"
     )
-    first = result["history"][0]
+    first = _logged(tmp_path / "out")[0]
     assert abs(first["loss"] - math.log(2)) < 1e-6
     assert first["rewards/chosen"] == 0 and first["rewards/margin"] == 0 and first["rewards/accuracy"] == 0
     assert first["logps/chosen"] < 0 and first["logps/rejected"] < 0
@@ -274,12 +283,15 @@ def test_resume_equals_uninterrupted_run(method, tiny_ckpt, tmp_path):
             resume=resume,
         )
 
-    a = [h["loss"] for h in run()["history"] if "loss" in h]
+    run()
+    a = [h["loss"] for h in _logged(out) if "loss" in h]
     cache = out / "reference_logps.safetensors"
     if method == "full":
         assert cache.is_file()
         written = cache.stat().st_mtime_ns
-    b = [h["loss"] for h in run(resume=out / "checkpoints" / "step-000003")["history"] if "loss" in h]
+    (out / "logs" / "metrics.csv").unlink()  # so every row read below comes from the resumed run
+    run(resume=out / "checkpoints" / "step-000003")
+    b = [h["loss"] for h in _logged(out) if "loss" in h]
     assert len(a) == 6 and len(b) == 3
     assert max(abs(x - y) for x, y in zip(a[3:], b)) < 1e-6, (a, b)
     assert abs(a[-1] - math.log(2)) > 1e-4  # it trained
@@ -309,7 +321,7 @@ def test_smollm2_learns_the_bundled_preferences(smollm2_lit, tmp_path):
     0.5 and the margin above 0 (both are 0 before the first step: policy = reference)."""
     from litgpt_lite.train.args import TrainArgs
 
-    result = finetune_dpo(
+    finetune_dpo(
         smollm2_lit,
         out_dir=tmp_path / "out",
         lora_key=True,
@@ -328,7 +340,7 @@ def test_smollm2_learns_the_bundled_preferences(smollm2_lit, tmp_path):
         optimizer={"lr": 1e-3},
         precision="32-true",
     )
-    val = [h for h in result["history"] if "val_loss" in h][-1]
+    val = [h for h in _logged(tmp_path / "out") if "val_loss" in h][-1]
     assert val["val_rewards/accuracy"] > 0.5 and val["val_rewards/margin"] > 0, val
     assert val["val_loss"] < math.log(2)
     assert (tmp_path / "out" / "final" / "lit_model.lora.safetensors").is_file()
