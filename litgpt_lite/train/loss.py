@@ -4,7 +4,6 @@ full-vocabulary logits of a batch are never all alive at once."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -31,7 +30,7 @@ def loss_sum(
     """Sum of token cross-entropies over the batch's target tokens (float32).
 
     Args:
-        fabric: autocasts the head's matmul (None: no autocast).
+        fabric: runs the head in the run's precision, as it runs the model's forward (None: as it is).
         model: the GPT, possibly under Fabric's and torch.compile's wrappers.
         batch: input_ids, labels (IGNORE_INDEX where no loss) and optionally segment_ids (packed rows).
         chunk: with `split_head`, run the head and its loss this many target tokens at a time (0: all at once).
@@ -94,8 +93,14 @@ def _accumulate(acc: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tenso
 
 
 def _chunk_loss(head: Callable, fabric: Fabric | None, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    with fabric.autocast() if fabric is not None else contextlib.nullcontext():
-        logits = head(hidden)
+    """The head over `hidden` as Fabric runs the model's forward, then the float32 loss."""
+    if fabric is None:
+        return cross_entropy_sum(head(hidden), targets)
+    # Fabric hands the forward's output (our hidden states) back in float32; under bf16-true, 16-true or 64-true the
+    # head's weights are not, so the head gets its input converted exactly as the model's forward got its own.
+    precision = fabric.strategy.precision
+    with precision.forward_context():
+        logits = head(precision.convert_input(hidden))
     return cross_entropy_sum(logits, targets)
 
 

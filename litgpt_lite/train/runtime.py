@@ -87,10 +87,14 @@ def check_inputs(run: Run) -> None:
 
 
 def choose_precision(precision: str | None) -> str:
-    """The given precision (aliases like "bf16" resolved), or the hardware's fast training default."""
+    """The given precision (aliases like "bf16" resolved), or the hardware's fast training default; a UserError for
+    one this machine cannot train in."""
     from litgpt_lite.precision import normalize_precision
 
-    return normalize_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", training=True)
+    chosen = normalize_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", training=True)
+    if chosen == "16-mixed" and not torch.cuda.is_available():  # Fabric would silently switch to bf16-mixed
+        raise UserError("--precision 16-mixed (float16 autocast) needs a CUDA GPU: on a CPU use bf16-mixed or 32-true")
+    return chosen
 
 
 def launch(run: Run) -> dict[str, Any]:
