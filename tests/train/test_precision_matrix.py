@@ -65,7 +65,9 @@ def test_lora_trains_in_every_precision_and_quantization(precision, quantize, ti
 @pytest.mark.parametrize("chunked_ce", [0, 64])
 def test_pretrain_in_bf16_true_lowers_the_loss(chunked_ce, tmp_path):
     out = tmp_path / "out"
-    pretrain(model_config=Config(**TINY), out_dir=out, precision="bf16-true", eval=QUIET, train=_short(chunked_ce=chunked_ce))
+    pretrain(
+        model_config=Config(**TINY), out_dir=out, precision="bf16-true", eval=QUIET, train=_short(chunked_ce=chunked_ce)
+    )
     first, last = losses(out)
     assert last < first
 
