@@ -18,7 +18,15 @@ import torch
 
 from litgpt_lite.errors import UserError
 from litgpt_lite.train.args import EvalArgs, TrainArgs
-from litgpt_lite.train.distributed import STRATEGIES, Strategy, is_sharded, make_fabric, unwrap, world_size
+from litgpt_lite.train.distributed import (
+    STRATEGIES,
+    Strategy,
+    compile_settings,
+    is_sharded,
+    make_fabric,
+    unwrap,
+    world_size,
+)
 from litgpt_lite.train.hparams import write_hyperparameters
 from litgpt_lite.train.recipes import Recipe
 
@@ -150,7 +158,8 @@ def _main(fabric: Fabric, run: Run) -> None:
     resume_step = state.step if resume_from is not None else None
     args = _fit_args(fabric, run, pieces.raw, tokenizer, splits, total_steps, max_seq_length, resume_step)
     _announce(fabric, run, total_steps)
-    state = fit(fabric, pieces.model, pieces.optimizer, pieces.scheduler, splits.train, splits.val, args, state)
+    with compile_settings(args.compiled):
+        state = fit(fabric, pieces.model, pieces.optimizer, pieces.scheduler, splits.train, splits.val, args, state)
     if args.metrics is not None:
         args.metrics.close()
     _export(fabric, run, pieces, sharded)
@@ -174,7 +183,7 @@ def _setup_training(fabric: Fabric, run: Run, config: Config, total_steps: int, 
     if run.train.activation_checkpointing and not sharded:  # FSDP checkpoints each block as it shards it
         checkpoint_blocks(raw)
     _report_params(fabric, raw)
-    model = fabric.setup_module(torch.compile(raw) if run.train.compile else raw)
+    model = fabric.setup_module(torch.compile(raw) if run.train.compiles(fabric.device.type) else raw)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError(f"The {run.recipe.name} recipe left no trainable parameters: choose some layers to train")
@@ -209,6 +218,7 @@ def _fit_args(
     from litgpt_lite.train.loop import FitArgs
 
     sharded = is_sharded(fabric)
+    compiled = run.train.compiles(fabric.device.type)
     metrics = Metrics(run.out_dir, run.logger_name, resume_step, run.hparams, enabled=fabric.global_rank == 0)
     return FitArgs(
         train=run.train,
@@ -222,7 +232,8 @@ def _fit_args(
         sample=None if sharded else make_sampler(tokenizer, splits.val, run.eval.max_new_tokens),
         flops_per_token=flops_per_token(raw, max_seq_length),
         peak_flops=peak_flops(fabric.device, str(fabric.strategy.precision.precision)),
-        flatten_packed=not run.train.compile and _attends_segmentwise(raw),
+        flatten_packed=not compiled and _attends_segmentwise(raw),
+        compiled=compiled,
     )
 
 
