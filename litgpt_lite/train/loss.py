@@ -1,6 +1,7 @@
 """The training loss: summed token cross-entropy of a batch, optionally with the head run on loss positions only
 and `chunk` tokens at a time (chunked cross-entropy, as torchtune's `ce_chunked_output_loss`), so the
-full-vocabulary logits of a batch are never all alive at once."""
+full-vocabulary logits of a batch are never all alive at once. The head runs in the run's precision, as Fabric runs
+the model's forward; under `--train.compile` the head and its loss are one compiled function."""
 
 from __future__ import annotations
 

@@ -101,7 +101,6 @@ def test_compiled_pretraining_matches_eager_without_graph_breaks(tmp_path):
     assert counters["stats"]["unique_graphs"] >= 2  # the model and the head+loss ran compiled
     assert len(compiled) == len(eager) == 3
     assert compiled == pytest.approx(eager, abs=1e-4)
-    assert compiled[-1] < compiled[0]
 
 
 @pytest.mark.cuda
