@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from litgpt_lite.errors import UserError
+
+Compile = bool | Literal["auto"]
 
 
 @dataclass
@@ -27,7 +30,9 @@ class TrainArgs:
         activation_checkpointing: recompute each block's activations in the backward pass to save memory.
         chunked_ce: compute the cross-entropy over this many tokens at a time, recomputing each chunk's logits in
             the backward pass, so full-vocabulary logits are never all kept (0: one pass).
-        compile: run the model through `torch.compile`.
+        compile: run the model, and the head with its loss, through `torch.compile`: true, false, or auto (the
+            default: on a CUDA GPU, as LitGPT's pretraining does; not on a CPU, where compiling costs more than a
+            short run gains).
         reuse_freed_memory: on a CPU run, keep the memory that freed tensors give back inside the process for the
             next allocation (glibc malloc: no `mmap`/`munmap` per large tensor, no trimming of the heap). By default
             glibc returns every block over 32 MB to the kernel when it is freed, so each step's logits, their
@@ -50,7 +55,7 @@ class TrainArgs:
     log_interval: int = 1
     activation_checkpointing: bool = False
     chunked_ce: int = 0
-    compile: bool = False
+    compile: Compile = "auto"
     reuse_freed_memory: bool = True
 
     def validate(self, world_size: int) -> None:
@@ -62,6 +67,8 @@ class TrainArgs:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--train.{name} must be at least 1 (or null), got {value}")
+        if self.compile not in (True, False, "auto"):
+            raise UserError(f"--train.compile must be true, false or auto, got {self.compile!r}")
         if self.lr_warmup_steps < 0 or self.chunked_ce < 0:
             raise UserError("--train.lr_warmup_steps and --train.chunked_ce must not be negative")
         per_step = self.micro_batch_size * world_size
@@ -72,6 +79,12 @@ class TrainArgs:
             )
         if self.max_tokens is None and self.max_steps is None and self.epochs is None:
             raise UserError("Set a stopping point: --train.max_steps, --train.max_tokens or --train.epochs")
+
+    def compiles(self, device_type: str) -> bool:
+        """Whether the run on a `device_type` ("cuda", "cpu" ...) device compiles: `compile` with auto resolved."""
+        if self.compile == "auto":
+            return device_type == "cuda"
+        return bool(self.compile)
 
     def gradient_accumulation_iters(self, world_size: int) -> int:
         """Micro batches per optimizer step on each device."""

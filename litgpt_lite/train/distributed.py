@@ -3,6 +3,7 @@ model under Fabric's and torch.compile's wrappers, and the full state of a shard
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -87,6 +88,24 @@ def checkpoint_blocks(model: torch.nn.Module) -> None:
             return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
 
         block.forward = forward
+
+
+def compile_settings(compiled: bool) -> contextlib.AbstractContextManager:
+    """Dynamo settings for the training run of a compiled model (nothing when not `compiled`).
+
+    With activation checkpointing (`checkpoint_blocks`) each block traces as a checkpoint region, and its attention
+    writes the forward's mask memo (`MaskSpec.build`), a side effect outside the region that a replay in backward
+    would repeat: dynamo refuses it and runs the whole forward eagerly, block by block. The memo only caches a mask
+    the region can rebuild, so its write need not replay; this lets the forward compile as one graph.
+    """
+    if not compiled:
+        return contextlib.nullcontext()
+    import torch._dynamo.config as dynamo_config
+
+    name = "skip_fwd_side_effects_in_bwd_under_checkpoint"
+    if not hasattr(dynamo_config, name):  # an older torch: checkpointed blocks compile one by one
+        return contextlib.nullcontext()
+    return dynamo_config.patch(**{name: True})
 
 
 def gather_full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

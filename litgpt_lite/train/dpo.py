@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from litgpt_lite.data.base import IGNORE_INDEX, DataModule, collate
 from litgpt_lite.errors import UserError
+from litgpt_lite.modules import unwrap_model
 from litgpt_lite.train.args import EvalArgs, TrainArgs
 from litgpt_lite.train.hparams import hyperparameters
 from litgpt_lite.train.recipes import FullRecipe
@@ -157,7 +158,7 @@ def sequence_logps(fabric, model, ids: torch.Tensor, labels: torch.Tensor, split
     keep = labels != IGNORE_INDEX
     if split_head:
         hidden = model(ids, return_hidden=True)[keep]  # (N, C)
-        raw = _raw(model)
+        raw = unwrap_model(model)
         dtype = raw.lm_head.weight.dtype
         if dtype.is_floating_point:  # Fabric hands outputs back in float32, also under bf16-true
             hidden = hidden.to(dtype)
@@ -168,11 +169,6 @@ def sequence_logps(fabric, model, ids: torch.Tensor, labels: torch.Tensor, split
     token_logps = -F.cross_entropy(logits.float(), labels[keep], reduction="none")  # (N,)
     sums = token_logps.new_zeros(ids.shape[0]).index_add(0, keep.nonzero()[:, 0], token_logps)
     return sums, keep.sum(1)
-
-
-def _raw(model) -> torch.nn.Module:
-    module = getattr(model, "module", model)
-    return getattr(module, "_orig_mod", module)
 
 
 @contextlib.contextmanager
@@ -266,8 +262,11 @@ class DPORecipe:
         """Pairs in these micro batches: the loss is a mean over pairs."""
         return sum(int(b["input_ids"].shape[0]) for b in batches)
 
-    def loss_sum(self, fabric, model, batch: dict[str, torch.Tensor], chunk: int = 0, split_head: bool = True):
-        """The preference loss summed over the micro batch's pairs (float32); records the pairs' metrics."""
+    def loss_sum(
+        self, fabric, model, batch: dict[str, torch.Tensor], chunk: int = 0, split_head: bool = True, compiled=False
+    ):
+        """The preference loss summed over the micro batch's pairs (float32); records the pairs' metrics. The
+        sequence log-probs run the head eagerly whether or not the model is compiled (`compiled` is the loop's)."""
         ids, labels = split_pairs(batch)
         logps, n_tokens = sequence_logps(fabric, model, ids, labels, split_head)
         ref = None

@@ -54,6 +54,7 @@ class FitArgs:
     peak_flops: float | None = None  # per device; None where unknown (CPU)
     split_head: bool = True  # run the head outside the model's forward, on loss positions only (not under FSDP)
     flatten_packed: bool = False  # packed micro batches run as one row without padding (see `data.flatten_packed`)
+    compiled: bool = False  # the model runs under torch.compile; the split head and its loss are compiled too
 
 
 # ---------------------------------------------------------------- data order
@@ -152,7 +153,7 @@ def fit(
         for i, batch in enumerate(batches):
             batch = {k: fabric.to_device(v) for k, v in batch.items()}
             with fabric.no_backward_sync(model, enabled=i < accum - 1):
-                s = step_loss_sum(fabric, model, batch, t.chunked_ce, args.split_head)
+                s = step_loss_sum(fabric, model, batch, t.chunked_ce, args.split_head, args.compiled)
                 # DDP/FSDP average gradients over ranks, so scale by world size: the result is sum / targets.
                 fabric.backward(s * fabric.world_size / targets)
             step_loss += s.detach().float().cpu()
@@ -215,7 +216,7 @@ def validate(fabric: Fabric, model: torch.nn.Module, val_data: Dataset, args: Fi
         keep = b < n_batches
         idx = list(range(b * mb, min((b + 1) * mb, len(val_data)))) if keep else list(range(min(mb, len(val_data))))
         batch = {k: fabric.to_device(v) for k, v in collate([val_data[i] for i in idx], args.pad_id).items()}
-        s = float(batch_loss_sum(fabric, model, batch, args.train.chunked_ce, args.split_head))
+        s = float(batch_loss_sum(fabric, model, batch, args.train.chunked_ce, args.split_head, args.compiled))
         if keep:
             total += s
             count += batch_count([batch])

@@ -19,7 +19,14 @@ import torch
 from litgpt_lite.errors import UserError
 from litgpt_lite.modules import unwrap_model
 from litgpt_lite.train.args import EvalArgs, TrainArgs
-from litgpt_lite.train.distributed import STRATEGIES, Strategy, is_sharded, make_fabric, world_size
+from litgpt_lite.train.distributed import (
+    STRATEGIES,
+    Strategy,
+    compile_settings,
+    is_sharded,
+    make_fabric,
+    world_size,
+)
 from litgpt_lite.train.hparams import write_hyperparameters
 from litgpt_lite.train.recipes import Recipe
 
@@ -88,10 +95,14 @@ def check_inputs(run: Run) -> None:
 
 
 def choose_precision(precision: str | None) -> str:
-    """The given precision (aliases like "bf16" resolved), or the hardware's fast training default."""
+    """The given precision (aliases like "bf16" resolved), or the hardware's fast training default; a UserError for
+    one this machine cannot train in."""
     from litgpt_lite.precision import normalize_precision
 
-    return normalize_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", training=True)
+    chosen = normalize_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", training=True)
+    if chosen == "16-mixed" and not torch.cuda.is_available():  # Fabric would silently switch to bf16-mixed
+        raise UserError("--precision 16-mixed (float16 autocast) needs a CUDA GPU: on a CPU use bf16-mixed or 32-true")
+    return chosen
 
 
 def launch(run: Run) -> dict[str, Any]:
@@ -147,7 +158,8 @@ def _main(fabric: Fabric, run: Run) -> None:
     resume_step = state.step if resume_from is not None else None
     args = _fit_args(fabric, run, pieces.raw, tokenizer, splits, total_steps, max_seq_length, resume_step)
     _announce(fabric, run, total_steps)
-    state = fit(fabric, pieces.model, pieces.optimizer, pieces.scheduler, splits.train, splits.val, args, state)
+    with compile_settings(args.compiled):
+        state = fit(fabric, pieces.model, pieces.optimizer, pieces.scheduler, splits.train, splits.val, args, state)
     if args.metrics is not None:
         args.metrics.close()
     _export(fabric, run, pieces, sharded)
@@ -172,8 +184,9 @@ def _setup_training(fabric: Fabric, run: Run, config: Config, total_steps: int, 
     if run.train.activation_checkpointing and not sharded:  # FSDP checkpoints each block as it shards it
         checkpoint_blocks(raw)
     _report_params(fabric, raw)
-    model = fabric.setup_module(torch.compile(raw) if run.train.compile else raw)
-    if not sharded:  # frozen layers, validation and samples run without autograd: on a CPU, through the fast paths
+    compiled = run.train.compiles(fabric.device.type)
+    model = fabric.setup_module(torch.compile(raw) if compiled else raw)
+    if not (sharded or compiled):  # frozen layers, validation and samples run without autograd: on a CPU, fast paths
         install_kernels(raw, "auto")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -209,6 +222,7 @@ def _fit_args(
     from litgpt_lite.train.loop import FitArgs
 
     sharded = is_sharded(fabric)
+    compiled = run.train.compiles(fabric.device.type)
     metrics = Metrics(run.out_dir, run.logger_name, resume_step, run.hparams, enabled=fabric.global_rank == 0)
     return FitArgs(
         train=run.train,
@@ -222,7 +236,8 @@ def _fit_args(
         sample=None if sharded else make_sampler(tokenizer, splits.val, run.eval.max_new_tokens),
         flops_per_token=flops_per_token(raw, max_seq_length),
         peak_flops=peak_flops(fabric.device, str(fabric.strategy.precision.precision)),
-        flatten_packed=not run.train.compile and _attends_segmentwise(raw),
+        flatten_packed=not compiled and _attends_segmentwise(raw),
+        compiled=compiled,
     )
 
 

@@ -31,6 +31,8 @@ ARGS = [
     "0",
     "--train.log_interval",
     "1",
+    "--precision",  # the processes must match one to 1e-5: float32, whatever the hardware's default
+    "32-true",
 ]
 
 
