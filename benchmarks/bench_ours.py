@@ -32,6 +32,7 @@ def _train_args(p: dict[str, Any], **overrides):
         lr_warmup_steps=0,
         save_interval=None,
         log_interval=1,
+        compile=False,  # eager unless a workload asks (the default, auto, compiles on CUDA; LitGPT's side is eager)
     )
     args.update(overrides)
     return TrainArgs(**args)

@@ -31,7 +31,7 @@ mlp_class: LLaMAMLP
 """
 
 LEVERS = {
-    "baseline": [],
+    "baseline": ["--train.compile", "false"],
     "activation_checkpointing": ["--train.activation_checkpointing", "true"],
     "chunked_ce (128)": ["--train.chunked_ce", "128"],
     "compile": ["--train.compile", "true"],
