@@ -196,8 +196,9 @@ def decode_weight_bytes(model) -> int:
     params = dict(model.named_parameters(remove_duplicate=False))
     head = next((t for name, t in params.items() if name.endswith("lm_head.weight")), None)
     for name, t in params.items():
-        key = t.untyped_storage().data_ptr()
-        if key in seen or (name.endswith("wte.weight") and (head is None or head.untyped_storage().data_ptr() != key)):
+        # a tensor's own address: a memory-mapped checkpoint keeps every weight in one shared storage
+        key = t.data_ptr()
+        if key in seen or (name.endswith("wte.weight") and (head is None or head.data_ptr() != key)):
             continue
         seen.add(key)
         total += t.numel() * t.element_size()

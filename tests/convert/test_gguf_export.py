@@ -377,7 +377,7 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, i
 
 @pytest.mark.slow
 def test_llama_cpp_greedy_tokens_equal_ours(smollm2_ckpt, smollm2_f32_gguf):
-    from litgpt_lite.checkpoint import load_model
+    from litgpt_lite.loading import load_model
     from litgpt_lite.generate import greedy_tokens
 
     llama_cpp = _llama_cpp()
@@ -404,7 +404,7 @@ def test_llama_cpp_greedy_tokens_equal_ours(smollm2_ckpt, smollm2_f32_gguf):
 def test_llama_cpp_runs_tiny_exports_like_us(tmp_path, tiny, arch):
     """llama.cpp loads each architecture's f32 export (Llama 3 rope_freqs, Qwen 2 biases, Gemma 3's 1 + w norms and
     sliding layers), gives our logits, and tokenizes as our Tokenizer does."""
-    from litgpt_lite.checkpoint import load_model
+    from litgpt_lite.loading import load_model
 
     llama_cpp = _llama_cpp()
     ckpt = tiny(arch)
