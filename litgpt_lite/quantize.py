@@ -294,11 +294,21 @@ def _stored_module(module: nn.Module, seen: _Seen) -> nn.Module | None:
     return new
 
 
+def _autocast_input(module: nn.Module, args: tuple) -> tuple | None:
+    """Under autocast (bf16-mixed, 16-mixed), hand a 4-bit layer its input in the autocast dtype, as autocast does
+    for nn.Linear: bitsandbytes' matmul saves its input for backward, which would otherwise stay float32."""
+    x = args[0]
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.is_floating_point():
+        return (x.to(torch.get_autocast_dtype(device)), *args[1:])
+    return None
+
+
 def store_frozen_base(model: nn.Module) -> nn.Module:
     """QLoRA's frozen base in the fewest bytes, in place (after `quantize_model`, before the adapters go in).
 
-    The quantized Linears compute in their input's dtype (no upcast of the activations they save for backward) and
-    keep bitsandbytes' standard, differentiable layout.
+    The quantized Linears compute in their input's dtype (under autocast: the autocast dtype), so the activations
+    they save for backward are not upcast, and keep bitsandbytes' standard, differentiable layout.
     The embedding, the norms and the unquantized Linears (lm_head, MoE router) are stored in bf16 (16-bit weights
     stay as they are) and computed in the input's dtype; the embedding's output is in the dtype the model computed
     in before (float32 for a float32 model), or the one `.to(dtype)` / Fabric's precision later casts the model to.
@@ -313,6 +323,7 @@ def store_frozen_base(model: nn.Module) -> nn.Module:
             # (the training loop's validation); that kernel has no backward, so training after it would silently
             # lose the gradients that flow through the frozen base to the adapters below
             module.support_avx512bf16_for_cpu = False
+            module.register_forward_pre_hook(_autocast_input)
             continue
         new = _stored_module(module, seen)
         if new is not None:

@@ -208,3 +208,14 @@ def test_adapter_gradients_survive_an_inference_forward():
     for name in before:
         assert after[name] is not None, f"{name} got no gradient after an inference forward"
         torch.testing.assert_close(after[name], before[name], msg=name)
+
+
+def test_4bit_layers_compute_in_the_autocast_dtype():
+    """Under bf16-mixed (autocast) a 4-bit base computes in bf16 and returns bf16, as autocast makes nn.Linear do, so
+    the activations after it (the MLP's products, the attention inputs) are kept for backward in bf16, not float32."""
+    model = LoRARecipe(r=4, quantize="bnb.nf4", mlp=True).prepare(GPT(tiny_config(n_embd=64, intermediate_size=128)))
+    x = torch.randn(4, 16, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.transformer.h[0].mlp.fc_1.base(x).dtype == torch.bfloat16
+        assert model.transformer.h[0].mlp(x).dtype == torch.bfloat16
+    assert model.transformer.h[0].mlp.fc_1.base(x).dtype == torch.float32  # no autocast: the input's dtype
