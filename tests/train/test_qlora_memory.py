@@ -102,7 +102,8 @@ def test_qlora_stores_the_frozen_base_in_4_and_16_bits_on_smollm2(smollm2_lit, t
     lora = {id(p) for n, p in model.named_parameters() if ".lora_" in n}
     with_state, state_bytes = _optimizer_state(pieces.optimizer)
     assert trainable == lora == with_state
-    assert state_bytes == 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    lora_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    assert 2 * lora_bytes <= state_bytes <= 2 * lora_bytes + 8 * len(with_state)  # two moments and a step count
     _check_no_dense_copies(model)
     wte = model.transformer.wte.weight
     assert wte.dtype == torch.bfloat16 and model.lm_head.weight is wte  # tied: one 16-bit copy
