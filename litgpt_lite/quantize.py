@@ -296,7 +296,8 @@ def _stored_module(module: nn.Module, seen: _Seen) -> nn.Module | None:
 
 def _autocast_input(module: nn.Module, args: tuple) -> tuple | None:
     """Under autocast (bf16-mixed, 16-mixed), hand a 4-bit layer its input in the autocast dtype, as autocast does
-    for nn.Linear: bitsandbytes' matmul saves its input for backward, which would otherwise stay float32."""
+    for nn.Linear: bitsandbytes' matmul is not autocast-aware, and would compute and return float32, so every
+    activation after it (the MLP's products, attention's inputs) would be kept for backward in float32."""
     x = args[0]
     device = x.device.type
     if torch.is_autocast_enabled(device) and x.is_floating_point():
@@ -308,7 +309,7 @@ def store_frozen_base(model: nn.Module) -> nn.Module:
     """QLoRA's frozen base in the fewest bytes, in place (after `quantize_model`, before the adapters go in).
 
     The quantized Linears compute in their input's dtype (under autocast: the autocast dtype), so the activations
-    they save for backward are not upcast, and keep bitsandbytes' standard, differentiable layout.
+    after them are not upcast, and keep bitsandbytes' standard, differentiable layout.
     The embedding, the norms and the unquantized Linears (lm_head, MoE router) are stored in bf16 (16-bit weights
     stay as they are) and computed in the input's dtype; the embedding's output is in the dtype the model computed
     in before (float32 for a float32 model), or the one `.to(dtype)` / Fabric's precision later casts the model to.
