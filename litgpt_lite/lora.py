@@ -40,7 +40,7 @@ from litgpt_lite.checkpoint import (
 from litgpt_lite.errors import UserError
 from litgpt_lite.kernels import is_plain_linear
 from litgpt_lite.modules import set_submodule, unwrap_model
-from litgpt_lite.quantize import check_mode, dense_weight, import_bitsandbytes, quantize_model
+from litgpt_lite.quantize import check_mode, dense_weight, import_bitsandbytes, quantize_model, store_frozen_base
 
 LORA_YAML = "lora.yaml"
 
@@ -89,7 +89,8 @@ class LoRALinear(nn.Module):
         self.r, self.scaling = r, alpha / r
         self.in_features, self.out_features = base.in_features, base.out_features
         weight = base.weight
-        dtype = weight.dtype if weight.is_floating_point() else torch.float32  # 4-bit/int8 bases train fp32 adapters
+        # quantized (or QLoRA's 16-bit-stored) frozen bases train float32 adapters, cast by the run's precision
+        dtype = weight.dtype if is_plain_linear(base) else torch.float32
         rows = sum(end - start for start, end in blocks)
         self.lora_A = nn.Parameter(torch.empty(len(blocks) * r, self.in_features, device=weight.device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(rows, r, device=weight.device, dtype=dtype))
@@ -289,11 +290,13 @@ class LoRARecipe:
         self.name = "qlora" if quantize else ("dora" if dora else "lora")
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Freeze every weight, quantize the base Linear layers (QLoRA), then add trainable adapters."""
+        """Freeze every weight, quantize the base Linear layers and store the rest in 16 bits (QLoRA), then add
+        trainable adapters."""
         for p in model.parameters():
             p.requires_grad_(False)
         if self.quantize is not None:
-            quantize_model(model, self.quantize)
+            quantize_model(model, self.quantize)  # the Linears the loader already quantized are left as they are
+            store_frozen_base(model)
         inject_lora(model, self.config)
         return model
 

@@ -121,7 +121,8 @@ class GPT(nn.Module):
         if max_seq_length > self.config.block_size:
             raise ValueError(f"max_seq_length {max_seq_length} exceeds block_size {self.config.block_size}")
         param = self.lm_head.weight
-        dtype = dtype or (param.dtype if param.is_floating_point() else torch.float32)
+        if dtype is None:  # the activations' dtype: the embedding's output, whatever dtype the weights are stored in
+            dtype = self.transformer.wte(torch.zeros(1, dtype=torch.long, device=param.device)).dtype
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(
                 self.config, block.attn.layer, batch_size, max_seq_length, param.device, dtype

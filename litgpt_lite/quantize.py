@@ -4,6 +4,8 @@ Lightning's `BitsandbytesPrecision` refuses CPU; swapping the Linear layers ours
 kernels (CPU since 0.50, and CUDA). This module holds the swap itself and the memory accounting:
 
 - `quantize_linear` / `quantize_model`: one Linear, or every Linear of a model already in memory (QLoRA's `prepare`).
+- `store_frozen_base`: QLoRA's frozen base in the fewest bytes: the quantized Linears compute in their input's dtype,
+  and every other floating weight (embedding, norms, the unquantized head) is stored in bf16 and upcast per use.
 - `dense_weight`: the floating weight of a plain, 4-bit or int8 Linear (DoRA, merging).
 - `weight_bytes` / `quantized_layers_bf16_bytes`: what the weights take.
 
@@ -20,9 +22,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from litgpt_lite.errors import UserError
 from litgpt_lite.kernels import is_plain_linear
+from litgpt_lite.model import RMSNorm
 from litgpt_lite.modules import set_submodule
 
 # mode -> (4-bit data type, double quantization of the absmax statistics); None marks LLM.int8()
@@ -37,6 +41,7 @@ MODES: dict[str, tuple[str, bool] | None] = {
 # top-k choice flips under quantization noise
 DEFAULT_SKIP: tuple[str, ...] = ("lm_head", "mlp.gate")
 BLOCKSIZE = 64  # 4-bit block size: one absmax per 64 weights, as QLoRA
+STORAGE_DTYPE = torch.bfloat16  # QLoRA's unquantized frozen weights: 16 bits, whatever the compute dtype
 
 
 # ---------------------------------------------------------------- modes and modules
@@ -201,6 +206,131 @@ def dense_weight(module: nn.Module) -> torch.Tensor:
         scb = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
         return cb.float() * (scb.float().unsqueeze(1) / 127.0)
     return module.weight
+
+
+# ---------------------------------------------------------------- QLoRA: the frozen base in the fewest bytes
+class _UpcastLinear(torch.autograd.Function):
+    """x W^T + b in x's dtype for a 16-bit W. Autograd would keep the upcast copy of W alive from forward to backward
+    (the input gradient needs it); this keeps only W itself and upcasts it again in backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight, x if ctx.needs_input_grad[1] else None)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, x = ctx.saved_tensors
+        grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
+        rows = grad.reshape(-1, grad.shape[-1])
+        grad_w = (rows.T @ x.reshape(-1, x.shape[-1])).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_b = rows.sum(0).to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+class StoredLinear(nn.Linear):
+    """A Linear whose weight is stored in 16 bits and multiplies inputs of any floating dtype in the input's dtype
+    (QLoRA's unquantized lm_head and MoE router). Same parameters and state dict as the Linear it replaces."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype or torch.is_autocast_enabled(x.device.type):  # autocast casts both
+            return super().forward(x)
+        return _UpcastLinear.apply(x, self.weight, self.bias)
+
+
+class StoredLayerNorm(nn.LayerNorm):
+    """A LayerNorm whose affine parameters are stored in 16 bits and applied in the input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
+
+
+class StoredEmbedding(nn.Embedding):
+    """An embedding stored in 16 bits whose output is in the model's compute dtype: the dtype of `compute_dtype_of`,
+    an empty buffer that `.to(dtype)` and Fabric's precision conversions cast as they would have cast the weight."""
+
+    compute_dtype_of: torch.Tensor
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return super().forward(idx).to(self.compute_dtype_of.dtype)
+
+
+_Seen = dict[int, tuple[nn.Parameter, nn.Parameter]]  # id(old) -> (old, kept alive so its id is not reused; new)
+
+
+def _stored(weight: nn.Parameter | None, seen: _Seen) -> nn.Parameter | None:
+    """`weight` as a frozen 16-bit parameter (floating weights wider than 16 bits become bf16); a weight shared by
+    two modules (a tied head) maps to one shared result."""
+    if weight is None:
+        return None
+    if id(weight) not in seen:
+        data = weight.detach()
+        if data.is_floating_point() and data.element_size() > 2:
+            data = data.to(STORAGE_DTYPE)
+        seen[id(weight)] = (weight, nn.Parameter(data, requires_grad=False))
+    return seen[id(weight)][1]
+
+
+def _stored_module(module: nn.Module, seen: _Seen) -> nn.Module | None:
+    """The 16-bit-stored replacement of an Embedding, plain Linear or LayerNorm (None for other modules); RMSNorm,
+    which already applies its weight in the input's dtype, gets its weight cast in place."""
+    if isinstance(module, RMSNorm):
+        module.weight = _stored(module.weight, seen)
+        return None
+    if type(module) is nn.Embedding:
+        new = StoredEmbedding(module.num_embeddings, module.embedding_dim, module.padding_idx, device="meta")
+        new.register_buffer("compute_dtype_of", module.weight.new_empty(0), persistent=False)
+    elif is_plain_linear(module):
+        new = StoredLinear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+    elif type(module) is nn.LayerNorm:
+        affine, bias = module.elementwise_affine, module.bias is not None
+        new = StoredLayerNorm(module.normalized_shape, module.eps, affine, bias=bias, device="meta")
+    else:
+        return None
+    for name, param in module.named_parameters(recurse=False):
+        setattr(new, name, _stored(param, seen))
+    return new
+
+
+def _autocast_input(module: nn.Module, args: tuple) -> tuple | None:
+    """Under autocast (bf16-mixed, 16-mixed), hand a 4-bit layer its input in the autocast dtype, as autocast does
+    for nn.Linear: bitsandbytes' matmul is not autocast-aware, and would compute and return float32, so every
+    activation after it (the MLP's products, attention's inputs) would be kept for backward in float32."""
+    x = args[0]
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.is_floating_point():
+        return (x.to(torch.get_autocast_dtype(device)), *args[1:])
+    return None
+
+
+def store_frozen_base(model: nn.Module) -> nn.Module:
+    """QLoRA's frozen base in the fewest bytes, in place (after `quantize_model`, before the adapters go in).
+
+    The quantized Linears compute in their input's dtype (under autocast: the autocast dtype), so the activations
+    after them are not upcast, and keep bitsandbytes' standard, differentiable layout.
+    The embedding, the norms and the unquantized Linears (lm_head, MoE router) are stored in bf16 (16-bit weights
+    stay as they are) and computed in the input's dtype; the embedding's output is in the dtype the model computed
+    in before (float32 for a float32 model), or the one `.to(dtype)` / Fabric's precision later casts the model to.
+    A tied head stays tied to the embedding, so no weight exists twice. Every weight is frozen.
+    """
+    bnb = import_bitsandbytes()
+    seen: _Seen = {}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.compute_dtype, module.compute_type_is_set = None, True  # matmul_4bit dequantizes to x's dtype
+            # on AVX512-BF16 CPUs bitsandbytes repacks the weight for its inference kernel at the first eval forward
+            # (the training loop's validation); that kernel has no backward, so training after it would silently
+            # lose the gradients that flow through the frozen base to the adapters below
+            module.support_avx512bf16_for_cpu = False
+            module.register_forward_pre_hook(_autocast_input)
+            continue
+        new = _stored_module(module, seen)
+        if new is not None:
+            set_submodule(model, name, new)
+    return model
 
 
 # ---------------------------------------------------------------- memory accounting

@@ -136,6 +136,8 @@ def finetune_lora(
     hparams = hyperparameters(finetune_lora, locals())
     if quantize is not None and strategy == "fsdp":
         raise UserError("--quantize (QLoRA) cannot be sharded with --strategy fsdp: use ddp")
+    if quantize is not None and precision == "64-true":  # bitsandbytes' 4-bit matmul gives non-finite float64 grads
+        raise UserError("--quantize (QLoRA) cannot train in --precision 64-true: use 32-true, bf16-true or bf16-mixed")
     try:
         from litgpt_lite.lora import LoRARecipe
     except ImportError as e:

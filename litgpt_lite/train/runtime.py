@@ -325,7 +325,9 @@ def _build_model(run: Run, config: Config) -> torch.nn.Module:
     from litgpt_lite.model import GPT
 
     if run.checkpoint_dir is not None:  # training runs torch's modules: the inference kernels gain nothing with grads
-        return load_model(run.checkpoint_dir, device="cpu", kernels="none").train()
+        # QLoRA: each Linear is quantized as it is read, so the full-precision model never exists in memory
+        quantize = getattr(run.recipe, "quantize", None)
+        return load_model(run.checkpoint_dir, device="cpu", quantize=quantize, kernels="none").train()
     model = GPT(config)
     if run.init_weights is not None:
         run.init_weights(model)

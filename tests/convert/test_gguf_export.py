@@ -377,8 +377,8 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, i
 
 @pytest.mark.slow
 def test_llama_cpp_greedy_tokens_equal_ours(smollm2_ckpt, smollm2_f32_gguf):
-    from litgpt_lite.loading import load_model
     from litgpt_lite.generate import greedy_tokens
+    from litgpt_lite.loading import load_model
 
     llama_cpp = _llama_cpp()
     llama = llama_cpp.Llama(
