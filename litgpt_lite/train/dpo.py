@@ -415,6 +415,8 @@ def finetune_dpo(
     hparams = hyperparameters(finetune_dpo, locals())
     if full and quantize is not None:
         raise UserError("--quantize freezes a 4-bit base for LoRA: it cannot be combined with --full true")
+    if quantize is not None and precision == "64-true":  # as finetune_lora: non-finite float64 4-bit gradients
+        raise UserError("--quantize (QLoRA) cannot train in --precision 64-true: use 32-true, bf16-true or bf16-mixed")
     lora = dict(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, query=lora_query, key=lora_key, value=lora_value)
     lora |= dict(projection=lora_projection, mlp=lora_mlp, head=lora_head, dora=lora_dora, quantize=quantize)
     base = FullRecipe("full") if full else _lora_recipe(lora, strategy)
