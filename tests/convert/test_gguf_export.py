@@ -389,7 +389,7 @@ def test_llama_cpp_greedy_tokens_equal_ours(smollm2_ckpt, smollm2_f32_gguf):
     for prompt in PROMPTS:
         ids = tokenizer.encode(prompt)
         with torch.no_grad():
-            ours = greedy_tokens(model, ids, max_new_tokens=32)
+            ours = greedy_tokens(model, tokenizer, ids, max_new_tokens=32)
         llama.reset()
         theirs = []
         for token in llama.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
