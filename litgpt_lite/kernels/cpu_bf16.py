@@ -33,8 +33,6 @@ from pathlib import Path
 
 import torch
 
-from litgpt_lite.precision import cpu_has_native_bf16
-
 SOURCE = Path(__file__).with_name("cpu_bf16.c")
 COMPILE_FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-fPIC")
 # --no-undefined: a compiler whose OpenMP calls torch's runtime lacks (clang's __kmpc_*) fails here, not at a call
@@ -77,11 +75,12 @@ def _build(cc: str, runtime: Path, out: Path) -> None:
 
 
 def supported() -> bool:
-    """Whether the kernels would help here, before building them: an x86-64 CPU with AVX2 (or AVX-512) but without
-    native bf16 (a CPU with native bf16 has oneDNN's kernels), and `LITGPT_LITE_CPU_KERNEL` not "0"."""
+    """Whether the kernels would help here, before building them: an x86-64 CPU with AVX2 (or AVX-512), and
+    `LITGPT_LITE_CPU_KERNEL` not "0". They help with native bf16 too: on an AVX512-BF16 AMD EPYC (2 cores) a
+    SmolLM2-135M bf16 decode step takes 16.0 ms with them against 29.7 ms with torch's oneDNN kernels."""
     if os.environ.get(OFF_ENV, "1") == "0" or platform.machine() not in ("x86_64", "AMD64"):
         return False
-    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") and not cpu_has_native_bf16()
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
 @functools.cache

@@ -41,11 +41,11 @@ class CPULinear(nn.Linear):
         rows = x.numel() // self.in_features
         if rows == 1 and torch.compiler.is_compiling():
             return self._one_row_compiled(x)
-        if x.dtype == w.dtype == torch.bfloat16 and not cpu_has_native_bf16() and not torch.is_autocast_enabled("cpu"):
+        if x.dtype == w.dtype == torch.bfloat16 and not torch.is_autocast_enabled("cpu"):
             few = rows <= self.KERNEL_MAX_ROWS and w.is_contiguous() and (b is None or b.dtype == w.dtype)
             if few and not torch.compiler.is_compiling() and cpu_bf16.available():
                 return cpu_bf16.bf16_linear(x, w, b)
-            if rows >= self.UPCAST_MIN_ROWS:
+            if rows >= self.UPCAST_MIN_ROWS and not cpu_has_native_bf16():
                 return F.linear(x.float(), w.float(), None if b is None else b.float()).to(x.dtype)
         split = rows <= self.SPLIT_MAX_ROWS and x.dtype == w.dtype == torch.float32 and w.is_contiguous()
         if not split or self.out_features % 2:

@@ -7,10 +7,9 @@ from litgpt_lite.kernels import cpu_bf16, cpu_linear
 
 @pytest.fixture
 def c_kernels(monkeypatch):
-    """The C bf16 kernels built and on, also on a CPU with native bf16 (which runs their AVX2 code as well, though
-    `install_kernels` would not choose them there); skips where they cannot build (no AVX2, no compiler)."""
-    for module in (cpu_bf16, cpu_linear):
-        monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: False)
+    """The C bf16 kernels built and on, and `CPULinear` taking its non-native-bf16 paths (the float32 upcast above
+    the kernel's rows) also on a CPU with native bf16; skips where they cannot build (no AVX2, no compiler)."""
+    monkeypatch.setattr(cpu_linear, "cpu_has_native_bf16", lambda: False)
     monkeypatch.delenv(cpu_bf16.OFF_ENV, raising=False)
     cpu_bf16._library.cache_clear()
     if not cpu_bf16.available():

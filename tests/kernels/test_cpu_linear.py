@@ -94,15 +94,15 @@ def _record_linear_input_dtypes(monkeypatch, native: bool) -> list[torch.dtype]:
 @pytest.mark.parametrize("native", [False, True])
 @pytest.mark.parametrize("rows", [0, 1, 7, 8, 32, 33, 300])
 def test_bf16_paths_without_native_bf16(monkeypatch, native, rows):
-    """bf16 on a CPU without native bf16: up to KERNEL_MAX_ROWS rows the C kernel runs (no F.linear call), from
-    UPCAST_MIN_ROWS rows otherwise one F.linear on float32 copies, and the bf16 kernel below that; with native bf16
-    always the bf16 kernel. Every path is within bf16 rounding of the exact product."""
+    """bf16: up to KERNEL_MAX_ROWS rows the C kernel runs (no F.linear call), with or without native bf16; above
+    that, without native bf16, one F.linear on float32 copies from UPCAST_MIN_ROWS rows, else torch's bf16 kernel.
+    Every path is within bf16 rounding of the exact product."""
     seen = _record_linear_input_dtypes(monkeypatch, native)
     layer = _layer(64, 96, True, torch.bfloat16)
     x = torch.randn(1, rows, 64, dtype=torch.bfloat16)
     with torch.no_grad():
         y = layer(x)
-    kernel = not native and rows <= CPULinear.KERNEL_MAX_ROWS and cpu_bf16.available()
+    kernel = rows <= CPULinear.KERNEL_MAX_ROWS and cpu_bf16.available()
     upcast = not native and not kernel and rows >= CPULinear.UPCAST_MIN_ROWS
     assert seen == ([] if kernel else [torch.float32 if upcast else torch.bfloat16])
     assert y.dtype == torch.bfloat16

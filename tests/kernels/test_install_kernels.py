@@ -43,14 +43,16 @@ def test_fp32_logits_equal_the_plain_model():
 
 
 def test_bf16_logits_stay_within_bf16_rounding():
-    """As this CPU runs them (the C kernels where it lacks native bf16; test_cpu_bf16.py forces them on anywhere)."""
+    """As this CPU runs them (the C kernels wherever they build). Both sides round to bf16 at other points (oneDNN's
+    native bf16 kernels included), so logits of ~3 may part by a few bf16 ulps (0.047 measured); a wrong kernel
+    moves them by their whole size."""
     model = _model(torch.bfloat16)
     idx = torch.randint(0, 128, (1, 7))
     plain = _prefill_and_step(model, idx)
     install_kernels(model)
     assert (type(model.transformer.ln_f) is CPURMSNorm) == cpu_bf16.supported()
     for a, b in zip(_prefill_and_step(model, idx), plain):
-        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2**-6)
+        torch.testing.assert_close(a.float(), b.float(), atol=8e-2, rtol=2**-6)
 
 
 def test_state_dict_parameters_and_ties_are_kept():
