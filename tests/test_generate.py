@@ -102,21 +102,25 @@ def test_static_decode_path_equals_the_sliced_one(variant):
     torch.testing.assert_close(outs[1], outs[0])
 
 
+def token_rows(model, prompts: list[list[int]], max_new_tokens: int = 6) -> list[list[int]]:
+    """Each prompt's greedy token ids from the generation core (no stop tokens), in prompt order."""
+    tok = CharTokenizer()
+    tok.stop_ids = set()
+    out = [[] for _ in prompts]
+    for deltas in stream_generate(model, tok, prompts, SamplingParams(max_new_tokens=max_new_tokens)):
+        for d in deltas:
+            out[d.row].append(d.token_id)
+    return out
+
+
 @pytest.mark.parametrize("prompts", [[[1, 2, 3], [4, 5, 6, 7, 8, 9]], [[4, 5, 6]]], ids=["batch", "one_row"])
 def test_compiled_decode_step_gives_the_eager_tokens(prompts):
     """`compile_decode` (what `--compile` turns on): same greedy tokens, batched rows with padding included, and
     one row (tests/kernels/test_cpu_attention.py runs this with the CPU kernels installed)."""
     model = tiny("llama_gqa", block_size=64)
-    tok = CharTokenizer()
-    tok.stop_ids = set()
-    params = SamplingParams(max_new_tokens=6)
 
     def run():
-        out = [[] for _ in prompts]
-        for deltas in stream_generate(model, tok, prompts, params):
-            for d in deltas:
-                out[d.row].append(d.token_id)
-        return out
+        return token_rows(model, prompts)
 
     eager = run()
     model.compile_decode()

@@ -3,9 +3,8 @@ a compiled decode through every CPU swap gives the eager tokens."""
 
 import pytest
 import torch
-from test_generate import CharTokenizer, tiny
+from test_generate import tiny, token_rows
 
-from litgpt_lite.generate import SamplingParams, stream_generate
 from litgpt_lite.kernels import install_kernels
 from litgpt_lite.kernels.cpu_attention import CPUCausalSelfAttention
 from litgpt_lite.kernels.cpu_linear import CPULinear
@@ -35,16 +34,9 @@ def test_compiled_decode_with_kernels_gives_the_eager_tokens(prompts):
     """`compile_decode` over the CPU swaps (one-row Linears as fused multiply-sums, one-query attention): the greedy
     tokens of the eager model without kernels, padded batch and one row."""
     model = tiny("llama_gqa", block_size=64)
-    tok = CharTokenizer()
-    tok.stop_ids = set()
-    params = SamplingParams(max_new_tokens=6)
 
     def run():
-        out = [[] for _ in prompts]
-        for deltas in stream_generate(model, tok, prompts, params):
-            for d in deltas:
-                out[d.row].append(d.token_id)
-        return out
+        return token_rows(model, prompts)
 
     plain = run()
     install_kernels(model)
