@@ -31,6 +31,14 @@ QUANT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2
 _VISION_PREFIXES = ("v.", "mm.")  # Ollama's Gemma 3 files bundle the vision tower; we import the text model
 
 
+# GGUF's optional YaRN keys (`{arch}.rope.scaling.<key>`) -> our rope_scaling fields; the export runs it backwards
+YARN_KEYS = {
+    "original_context_length": "original_max_position_embeddings",
+    "yarn_beta_fast": "beta_fast",
+    "yarn_beta_slow": "beta_slow",
+}
+
+
 def convert_gguf(path: str | Path, out_dir: str | Path | None = None, dtype: str | None = None) -> Path:
     """Import the Llama, Gemma 2/3 or Qwen 2/3 model in a GGUF file as a litgpt_lite checkpoint directory.
 
@@ -319,12 +327,7 @@ def _rope_scaling(meta: dict[str, Any], arch: str) -> dict[str, Any]:
         raise UserError(f"GGUF RoPE scaling {kind!r} is not supported (linear, yarn and Llama 3's rope_freqs are)")
     scaling: dict[str, Any] = {"type": kind, "factor": float(_need(meta, f"{arch}.rope.scaling.factor"))}
     if kind == "yarn":
-        optional = {
-            "original_context_length": "original_max_position_embeddings",
-            "yarn_beta_fast": "beta_fast",
-            "yarn_beta_slow": "beta_slow",
-        }
-        for key, ours in optional.items():
+        for key, ours in YARN_KEYS.items():
             if f"{arch}.rope.scaling.{key}" in meta:
                 scaling[ours] = meta[f"{arch}.rope.scaling.{key}"]
     return {"rope_scaling": scaling}

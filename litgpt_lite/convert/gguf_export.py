@@ -313,12 +313,9 @@ def _rope_scaling_metadata(arch: str, config) -> dict[str, Any]:
         raise UserError(f"RoPE scaling {kind!r} cannot be written to a GGUF here (linear, yarn and llama3 can)")
     out: dict[str, Any] = {f"{arch}.rope.scaling.type": kind, f"{arch}.rope.scaling.factor": float(scaling["factor"])}
     if kind == "yarn":
-        keys = {
-            "original_max_position_embeddings": "original_context_length",
-            "beta_fast": "yarn_beta_fast",
-            "beta_slow": "yarn_beta_slow",
-        }
-        for ours, key in keys.items():
+        from litgpt_lite.convert.gguf import YARN_KEYS
+
+        for key, ours in YARN_KEYS.items():
             if scaling.get(ours) is not None:
                 value = scaling[ours]
                 out[f"{arch}.rope.scaling.{key}"] = int(value) if key == "original_context_length" else float(value)
