@@ -34,6 +34,7 @@ from litgpt_lite.errors import UserError
 from litgpt_lite.modules import unwrap_model
 from litgpt_lite.train.args import EvalArgs, TrainArgs
 from litgpt_lite.train.hparams import hyperparameters
+from litgpt_lite.train.loss import in_forward_precision
 from litgpt_lite.train.recipes import FullRecipe
 from litgpt_lite.train.runtime import Run, launch
 
@@ -158,12 +159,7 @@ def sequence_logps(fabric, model, ids: torch.Tensor, labels: torch.Tensor, split
     keep = labels != IGNORE_INDEX
     if split_head:
         hidden = model(ids, return_hidden=True)[keep]  # (N, C)
-        raw = unwrap_model(model)
-        dtype = raw.lm_head.weight.dtype
-        if dtype.is_floating_point:  # Fabric hands outputs back in float32, also under bf16-true
-            hidden = hidden.to(dtype)
-        with fabric.autocast() if fabric is not None else contextlib.nullcontext():
-            logits = raw.logits(hidden)
+        logits = in_forward_precision(fabric, unwrap_model(model).logits, hidden)
     else:
         logits = model(ids)[keep]
     token_logps = -F.cross_entropy(logits.float(), labels[keep], reduction="none")  # (N,)

@@ -123,13 +123,18 @@ def _chunk_loss(
     head_loss: HeadLoss, fabric: Fabric | None, hidden: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
     """`head_loss` over `hidden` as Fabric runs the model's forward; the loss itself is float32 either way."""
+    return in_forward_precision(fabric, head_loss, hidden, targets)
+
+
+def in_forward_precision(fabric: Fabric | None, fn: Callable, hidden: torch.Tensor, *args) -> torch.Tensor:
+    """`fn(hidden, *args)` run as Fabric runs the model's forward. Fabric hands the forward's output (our hidden
+    states) back in float32; under bf16-true, 16-true or 64-true the head's weights are not, so the head gets its
+    input converted, and runs in the precision's context, exactly as the model's forward did."""
     if fabric is None:
-        return head_loss(hidden, targets)
-    # Fabric hands the forward's output (our hidden states) back in float32; under bf16-true, 16-true or 64-true the
-    # head's weights are not, so the head gets its input converted exactly as the model's forward got its own.
+        return fn(hidden, *args)
     precision = fabric.strategy.precision
     with precision.forward_context():
-        return head_loss(precision.convert_input(hidden), targets)
+        return fn(precision.convert_input(hidden), *args)
 
 
 def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
